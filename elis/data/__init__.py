@@ -1,0 +1,1 @@
+"""Dataset pipeline: sources → token counts → iterative samples → prompt-level splits."""

@@ -1,0 +1,1 @@
+"""Experiments: workloads (arrivals, traces), runs, reports, plots and paper figures."""

@@ -1,0 +1,1 @@
+"""Response-length predictors: frozen text encoder + MLP head, baselines and oracles."""

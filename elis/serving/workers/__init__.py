@@ -1,0 +1,1 @@
+"""Workers: one engine instance each (simulated, transformers, vLLM), local or Ray actors."""

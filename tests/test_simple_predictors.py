@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+
+from elis.predictor.base import LengthPredictor, PredictionQuery
+from elis.predictor.simple import (
+    ConstantPredictor,
+    NoisyOraclePredictor,
+    OraclePredictor,
+    PromptLengthPredictor,
+)
+
+
+def q(rid, total, gen=0, prompt="p"):
+    return PredictionQuery(prompt=prompt, num_generated_tokens=gen, request_id=rid,
+                           num_output_tokens=total)
+
+
+def test_oracle_returns_true_remaining():
+    p = OraclePredictor()
+    assert isinstance(p, LengthPredictor)
+    np.testing.assert_array_equal(p.predict_remaining([q("a", 120, 50), q("b", 10)]), [70.0, 10.0])
+    assert p.latency.num_calls == 1 and p.latency.num_queries == 2
+
+
+def test_empty_batch_gives_empty_array():
+    out = OraclePredictor().predict_remaining([])
+    assert out.shape == (0,) and out.dtype == np.float64
+
+
+def test_oracle_without_true_length_names_the_field():
+    with pytest.raises(ValueError, match="num_output_tokens"):
+        OraclePredictor().predict_remaining([PredictionQuery(prompt="x")])
+
+
+def test_noisy_oracle_is_batch_independent_and_seeded():
+    p = NoisyOraclePredictor(sigma=0.5, seed=3)
+    alone = p.predict_remaining([q("b", 200, 50)])
+    mixed = p.predict_remaining([q("a", 100), q("b", 200, 50), q("c", 7)])
+    assert alone[0] == mixed[1]
+    assert NoisyOraclePredictor(sigma=0.0, seed=3).predict_remaining([q("b", 200, 50)])[0] == 150.0
+    assert NoisyOraclePredictor(sigma=0.5, seed=4).predict_remaining([q("b", 200, 50)])[0] != alone[0]
+
+
+def test_prompt_length_clips_at_zero():
+    p = PromptLengthPredictor(intercept=10.0, slope=1.0)
+    out = p.predict_remaining([PredictionQuery(prompt="x", num_prompt_tokens=5, num_generated_tokens=100)])
+    assert out[0] == 0.0
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
+def test_constant_rejects_bad_value(bad):
+    with pytest.raises(ValueError, match="constant.value"):
+        ConstantPredictor(bad)
