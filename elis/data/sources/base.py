@@ -24,6 +24,8 @@ DROP_REASONS: tuple[str, ...] = (
     "missing_field",         # a required field absent from the row
     "empty_after_tokenize",  # response has 0 tokens under the label tokenizer
     "duplicate_sample",      # same (source, prompt_id, generator) seen before
+    "no_reply_turn",         # a conversation without a user turn followed by an assistant turn
+    "filtered_language",     # excluded by a configured language filter (lmsys_chat)
 )
 
 
