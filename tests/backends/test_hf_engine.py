@@ -1,0 +1,153 @@
+"""HFWindowEngine on a tiny random Llama: windows, resume, batching, EOS, max_tokens."""
+
+from __future__ import annotations
+
+import pytest
+
+from elis.serving.workers.hf import (
+    FINISH_EOS,
+    FINISH_LENGTH,
+    HFWindowEngine,
+    SamplingParams,
+    WindowItem,
+)
+
+# Mixed lengths on purpose: the batch needs left padding.
+PROMPTS = {
+    "a": [1, 5, 6, 7],
+    "b": [1, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18],
+    "c": [1, 3],
+    "d": [1, 40, 41, 42, 43, 44, 45],
+}
+NEVER = 95  # an EOS id the tiny model is checked not to emit in these runs
+
+
+@pytest.fixture
+def engine(tiny_llama):
+    return HFWindowEngine(tiny_llama, eos_token_ids=[NEVER])
+
+
+def _alone(engine, rid, n, generated=()):
+    (out,) = engine.run_window([WindowItem(rid, PROMPTS[rid], tuple(generated), n)])
+    return out
+
+
+def _run_in_windows(engine, rid, window, total, partners=()):
+    """Generate ``total`` tokens of ``rid`` in windows of ``window``, each window batched
+    with a different subset of ``partners`` (fresh requests), resuming from token ids."""
+    gen: list[int] = []
+    w = 0
+    while len(gen) < total:
+        items = [WindowItem(rid, PROMPTS[rid], tuple(gen), min(window, total - len(gen)))]
+        items += [WindowItem(p, PROMPTS[p], (), 7) for p in partners[: w % (len(partners) + 1)]]
+        outs = engine.run_window(items)
+        gen += outs[0].new_token_ids
+        w += 1
+    return gen
+
+
+def test_exactly_w_tokens_per_window(engine):
+    outs = engine.run_window([WindowItem(r, p, (), 50) for r, p in PROMPTS.items()])
+    assert [o.request_id for o in outs] == list(PROMPTS)
+    for o in outs:
+        assert NEVER not in o.new_token_ids
+        assert len(o.new_token_ids) == 50
+        assert not o.finished and o.finish_reason is None
+        assert len(o.token_times_s) == 50
+        assert o.token_times_s == sorted(o.token_times_s)
+    t = engine.last_timing
+    assert t.batch_size == 4 and t.prefill_tokens == sum(len(p) for p in PROMPTS.values())
+    assert t.prefill_padded_tokens == 4 * 11
+    assert len(t.decode_step_times_s) == 49 and t.decode_batch_sizes == [4] * 49
+    assert t.decode_context_tokens[0] == 12 and t.decode_context_tokens[-1] == 60
+
+
+def test_resume_equals_uninterrupted_greedy(engine):
+    for rid in PROMPTS:
+        full = _alone(engine, rid, 60).new_token_ids
+        assert _run_in_windows(engine, rid, 20, 60) == full
+        # preempted after odd-sized windows and resumed next to other requests
+        assert _run_in_windows(engine, rid, 13, 60, partners=[p for p in PROMPTS if p != rid]) == full
+
+
+def test_batched_equals_unbatched_greedy(engine):
+    alone = {r: _alone(engine, r, 40).new_token_ids for r in PROMPTS}
+    batched = engine.run_window([WindowItem(r, p, (), 40) for r, p in PROMPTS.items()])
+    assert {o.request_id: o.new_token_ids for o in batched} == alone
+    # reversed order and a resumed member with a longer context
+    items = [WindowItem(r, PROMPTS[r], tuple(alone[r][:10]), 30) for r in reversed(PROMPTS)]
+    for o in engine.run_window(items):
+        assert o.new_token_ids == alone[o.request_id][10:]
+
+
+def test_eos_mid_window(tiny_llama):
+    plain = HFWindowEngine(tiny_llama, eos_token_ids=[NEVER])
+    full = _alone(plain, "b", 50).new_token_ids
+    j = 6
+    eos = full[j]
+    stop = full.index(eos)  # first occurrence ends the request
+    assert stop <= j
+    # per-request EOS: only "b" uses it; "d" runs its full window next to it
+    outs = plain.run_window([
+        WindowItem("b", PROMPTS["b"], (), 50, eos_token_ids=(eos,)),
+        WindowItem("d", PROMPTS["d"], (), 50),
+    ])
+    assert outs[0].new_token_ids == full[: stop + 1]
+    assert outs[0].finished and outs[0].finish_reason == FINISH_EOS
+    assert outs[1].new_token_ids == _alone(plain, "d", 50).new_token_ids
+    assert not outs[1].finished
+    assert plain.last_timing.decode_batch_sizes[stop] == 1  # the finished row left the batch
+    # engine-wide default EOS
+    (o,) = HFWindowEngine(tiny_llama, eos_token_ids=[eos]).run_window(
+        [WindowItem("b", PROMPTS["b"], (), 50)]
+    )
+    assert o.new_token_ids == full[: stop + 1] and o.finish_reason == FINISH_EOS
+
+
+def test_max_tokens_mid_window(engine):
+    full = _alone(engine, "a", 50).new_token_ids
+    (o,) = engine.run_window([WindowItem("a", PROMPTS["a"], tuple(full[:15]), 20, max_tokens=25)])
+    assert o.new_token_ids == full[15:25]
+    assert o.finished and o.finish_reason == FINISH_LENGTH
+    # reaching max_tokens exactly at the window's end is also 'length'
+    (o,) = engine.run_window([WindowItem("a", PROMPTS["a"], (), 20, max_tokens=20)])
+    assert o.finished and o.finish_reason == FINISH_LENGTH and len(o.new_token_ids) == 20
+
+
+def test_empty_prompt_uses_bos(engine, tiny_llama):
+    (o,) = engine.run_window([WindowItem("e", (), (), 10)])
+    (ref,) = engine.run_window([WindowItem("e", [tiny_llama.config.bos_token_id], (), 10)])
+    assert len(o.new_token_ids) == 10 and o.new_token_ids == ref.new_token_ids
+    nobos = HFWindowEngine(tiny_llama, eos_token_ids=[NEVER])
+    nobos.bos_token_id = None
+    with pytest.raises(ValueError, match="empty prompt_token_ids"):
+        nobos.run_window([WindowItem("e", (), (), 10)])
+
+
+def test_bad_items_raise(engine):
+    assert engine.run_window([]) == []
+    with pytest.raises(ValueError, match="budget 0"):
+        engine.run_window([WindowItem("a", PROMPTS["a"], (5,) * 10, 5, max_tokens=10)])
+    with pytest.raises(ValueError, match="duplicate request_id 'a'"):
+        engine.run_window([WindowItem("a", PROMPTS["a"]), WindowItem("a", PROMPTS["b"])])
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(temperature=1.0, top_p=0.0)
+
+
+def test_seeded_sampling_reproducible_resumable_batch_independent(tiny_llama):
+    s = SamplingParams(temperature=1.0, top_p=0.9, seed=7)
+    eng = HFWindowEngine(tiny_llama, sampling=s, eos_token_ids=[NEVER])
+    full = _alone(eng, "b", 40).new_token_ids
+    assert _alone(eng, "b", 40).new_token_ids == full
+    assert _run_in_windows(eng, "b", 15, 40, partners=["a", "c"]) == full
+    greedy = _alone(HFWindowEngine(tiny_llama, eos_token_ids=[NEVER]), "b", 40).new_token_ids
+    assert full != greedy
+    other = HFWindowEngine(tiny_llama, sampling=SamplingParams(1.0, 0.9, seed=8),
+                           eos_token_ids=[NEVER])
+    assert _alone(other, "b", 40).new_token_ids != full
+
+
+def test_generate_runs_windows_until_finished(engine):
+    full = _alone(engine, "c", 45).new_token_ids
+    o = engine.generate(WindowItem("c", PROMPTS["c"], (), 10, max_tokens=45), window_tokens=10)
+    assert o.new_token_ids == full and o.finish_reason == FINISH_LENGTH
