@@ -1,0 +1,157 @@
+"""A request being served, and its life-cycle status.
+
+Life (CONVENTIONS §2): WAITING → RUNNING → (PREEMPTED → WAITING …) → FINISHED | FAILED.
+A ``Request`` is a mutable record owned by one ``Scheduler`` (one worker); the scheduler is
+the only writer of its scheduling fields, the frontend sets ``worker_id`` once (sticky load
+balancing), and workers only *read* it through ``WindowItem`` (``elis.serving.workers.base``).
+
+Token/time conventions (units in names): times are seconds on the run's clock (simulated or
+wall), token counts are integers under the served model's tokenizer. ``num_generated_tokens``
+counts output tokens generated so far; step ``k = num_generated_tokens // window_tokens``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class RequestStatus(enum.IntEnum):
+    """Ordered status (vLLM v1 style): everything ``>= FINISHED`` is terminal."""
+
+    WAITING = 0
+    RUNNING = 1
+    PREEMPTED = 2
+    FINISHED = 3
+    FAILED = 4
+
+    @property
+    def is_terminal(self) -> bool:
+        return self >= RequestStatus.FINISHED
+
+
+@dataclass(slots=True)
+class Request:
+    """One request, from arrival to finish.
+
+    Identity and inputs:
+        request_id: unique string id (ties in every ordering break on it last).
+        prompt: the user prompt text.
+        arrival_time_s: when it reached the frontend.
+        num_prompt_tokens: prompt length in tokens (prefill cost).
+        max_tokens: cap on generated tokens (>= 1); hitting it finishes with reason 'length'.
+        prompt_token_ids: the prompt's token ids when a real worker needs them, else None.
+        generator: the model that wrote the true response (dataset column), if known.
+        true_response: the TRUE response text (simulation only; revealed window by window).
+        true_num_output_tokens: the TRUE response length in tokens (simulation/oracles only).
+
+    Progress (written by the scheduler from worker results):
+        status, worker_id, output_token_ids, partial_response (text generated so far),
+        num_generated_tokens, first_token_time_s, finish_time_s, finish_reason
+        ('eos' | 'length'), fail_reason (str, only for FAILED).
+
+    Scheduling bookkeeping:
+        predictions: one ``(num_generated_tokens, predicted_remaining_tokens)`` tuple per
+            prediction made for this request (step k ↔ num_generated_tokens = k·W).
+        first_predicted_tokens / predicted_remaining_tokens: the first and the latest
+            prediction (None until predicted); SJF keys on the first, ISRTF on the latest.
+        needs_prediction: set when the request reaches a window boundary (or arrives) and a
+            policy that re-predicts must ask the predictor before its next decision.
+        run_intervals: ``[start_s, end_s]`` pairs during which it was executing (contiguous
+            segments merged); queuing delay = JCT − executed time.
+        num_preemptions: times it was not re-selected at a window boundary while unfinished.
+        num_recomputed_tokens: prompt + generated tokens re-prefilled after its KV was dropped.
+        kv_cached: whether its KV cache is resident on the worker.
+    """
+
+    request_id: str
+    prompt: str
+    arrival_time_s: float
+    num_prompt_tokens: int
+    max_tokens: int
+    prompt_token_ids: list[int] | None = None
+    generator: str | None = None
+    true_response: str | None = None
+    true_num_output_tokens: int | None = None
+    # progress
+    status: RequestStatus = RequestStatus.WAITING
+    worker_id: int | None = None
+    output_token_ids: list[int] = field(default_factory=list)
+    partial_response: str = ""
+    num_generated_tokens: int = 0
+    first_token_time_s: float | None = None
+    finish_time_s: float | None = None
+    finish_reason: str | None = None
+    fail_reason: str | None = None
+    # scheduling bookkeeping
+    predictions: list[tuple[int, float]] = field(default_factory=list)
+    first_predicted_tokens: float | None = None
+    predicted_remaining_tokens: float | None = None
+    needs_prediction: bool = True
+    run_intervals: list[list[float]] = field(default_factory=list)
+    num_preemptions: int = 0
+    num_recomputed_tokens: int = 0
+    kv_cached: bool = False
+    has_started: bool = False
+    at_boundary: bool = True
+    enqueue_time_s: float = 0.0
+    max_wait_s: float = 0.0
+    sort_key: tuple = ()
+    buffer_version: int = 0
+    in_buffer: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.max_tokens >= 1:
+            raise ValueError(f"request {self.request_id!r}: max_tokens must be >= 1, got {self.max_tokens!r}")
+        if not self.num_prompt_tokens >= 0:
+            raise ValueError(
+                f"request {self.request_id!r}: num_prompt_tokens must be >= 0, got {self.num_prompt_tokens!r}"
+            )
+        if self.true_num_output_tokens is not None and self.true_num_output_tokens < 0:
+            raise ValueError(
+                f"request {self.request_id!r}: true_num_output_tokens must be >= 0, "
+                f"got {self.true_num_output_tokens!r}"
+            )
+
+    # --- derived values -------------------------------------------------------------
+    @property
+    def target_num_output_tokens(self) -> int | None:
+        """Tokens it will generate in total: min(true length, max_tokens); None if unknown."""
+        if self.true_num_output_tokens is None:
+            return None
+        return min(self.true_num_output_tokens, self.max_tokens)
+
+    @property
+    def true_remaining_tokens(self) -> int | None:
+        """``target_num_output_tokens - num_generated_tokens`` (None when the truth is unknown)."""
+        t = self.target_num_output_tokens
+        return None if t is None else t - self.num_generated_tokens
+
+    @property
+    def num_context_tokens(self) -> int:
+        """Prompt + generated tokens: the KV cache size (tokens) it needs to continue."""
+        return self.num_prompt_tokens + self.num_generated_tokens
+
+    @property
+    def executed_time_s(self) -> float:
+        return sum(e - s for s, e in self.run_intervals)
+
+    @property
+    def jct_s(self) -> float | None:
+        """Job completion time = finish − arrival (None until finished)."""
+        return None if self.finish_time_s is None else self.finish_time_s - self.arrival_time_s
+
+    def record_prediction(self, predicted_remaining_tokens: float) -> None:
+        """Store a prediction made at the current ``num_generated_tokens``."""
+        self.predictions.append((self.num_generated_tokens, predicted_remaining_tokens))
+        if self.first_predicted_tokens is None:
+            self.first_predicted_tokens = predicted_remaining_tokens
+        self.predicted_remaining_tokens = predicted_remaining_tokens
+        self.needs_prediction = False
+
+    def add_run_interval(self, start_s: float, end_s: float) -> None:
+        """Record execution in ``[start_s, end_s]``; merged with the previous if contiguous."""
+        if self.run_intervals and self.run_intervals[-1][1] == start_s:
+            self.run_intervals[-1][1] = end_s
+        else:
+            self.run_intervals.append([start_s, end_s])
