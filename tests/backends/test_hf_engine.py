@@ -151,3 +151,55 @@ def test_generate_runs_windows_until_finished(engine):
     full = _alone(engine, "c", 45).new_token_ids
     o = engine.generate(WindowItem("c", PROMPTS["c"], (), 10, max_tokens=45), window_tokens=10)
     assert o.new_token_ids == full and o.finish_reason == FINISH_LENGTH
+
+
+def test_stop_on_first_and_max_steps(engine):
+    items = [WindowItem("a", PROMPTS["a"], (), 20), WindowItem("b", PROMPTS["b"], (), 5),
+             WindowItem("c", PROMPTS["c"], (), 20)]
+    outs = engine.run_window(items, stop_on_first=True)
+    assert [len(o.new_token_ids) for o in outs] == [5, 5, 5]
+    assert [o.finished for o in outs] == [False, False, False]
+    outs = engine.run_window(items, max_steps=3)
+    assert [len(o.new_token_ids) for o in outs] == [3, 3, 3]
+    assert outs[0].new_token_ids == _alone(engine, "a", 3).new_token_ids
+
+
+def test_hf_worker_drives_the_scheduler_with_preemption(engine):
+    """Real Scheduler (windowed, SRTF-oracle, batch 2) over the tiny model: requests are
+    preempted at window boundaries and resumed from token ids; each output equals its
+    uninterrupted greedy generation, and the worker's times are on the run clock."""
+    from elis.serving.policy import SchedulingPolicy
+    from elis.serving.request import Request
+    from elis.serving.scheduler import Scheduler
+    from elis.serving.workers.hf import HFWorker
+
+    lengths = {"a": 23, "b": 9, "c": 31, "d": 14}
+    full = {r: _alone(engine, r, n).new_token_ids for r, n in lengths.items()}
+    worker = HFWorker(0, engine)
+    sched = Scheduler(0, SchedulingPolicy("srtf_oracle"), max_batch_size=2, window_tokens=5)
+
+    def add(r, now):
+        n = lengths[r]
+        sched.add_request(Request(r, "", now, len(PROMPTS[r]), max_tokens=n,
+                                  prompt_token_ids=PROMPTS[r], true_num_output_tokens=n), now)
+
+    now, done = 10.0, []
+    add("a", now), add("c", now)
+    late = ["b", "d"]  # arrive after the first window: shorter, so they preempt a and c
+    while sched.has_work:
+        if sched.num_decisions == 1:
+            for r in late:
+                add(r, now)
+        out = sched.schedule(now)
+        results = worker.execute(out.batch, now)
+        assert all(now <= t for res in results for t in res.token_times_s)
+        now = max(res.end_s for res in results)
+        done += sched.update(out, results, now)
+    assert sorted(r.request_id for r in done) == sorted(lengths)
+    for req in done:
+        assert req.output_token_ids == full[req.request_id]
+        assert req.finish_reason == "length"
+    assert sum(r.num_preemptions for r in done) > 0
+    assert worker.stats.num_tokens == sum(lengths.values())
+    # prefix recompute: every window re-prefills; the scheduler's KV model asked for less
+    assert worker.stats.prefill_tokens > worker.stats.scheduler_prefill_tokens

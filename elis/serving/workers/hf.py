@@ -104,6 +104,9 @@ class WindowItem:
         max_tokens: cap on the request's total output tokens (``None``: no cap); the
             window stops early when it is reached (finish_reason ``'length'``).
         eos_token_ids: tokens that end this request; ``None`` → the engine's default.
+        sampling_stream: names its sampling streams (``sampling/<stream>/<position>``);
+            ``None`` → ``request_id``. Lets a serving run replay the exact seeded answers
+            of a generation run (``elis.data.generate`` uses ``<generator>/<prompt_id>``).
     """
 
     request_id: str
@@ -112,6 +115,7 @@ class WindowItem:
     max_new_tokens: int = 50
     max_tokens: int | None = None
     eos_token_ids: tuple[int, ...] | None = None
+    sampling_stream: str | None = None
 
     def budget(self) -> int:
         """Tokens this window may generate: ``min(max_new_tokens, max_tokens - generated)``."""
@@ -213,8 +217,16 @@ class HFWindowEngine:
         return next(self.model.parameters()).device
 
     # ------------------------------------------------------------------ public API
-    def run_window(self, items: Sequence[WindowItem]) -> list[WindowOutput]:
+    def run_window(
+        self, items: Sequence[WindowItem], stop_on_first: bool = False, max_steps: int | None = None
+    ) -> list[WindowOutput]:
         """Generate up to ``item.budget()`` tokens for every item, batched.
+
+        Args:
+            items: the batch.
+            stop_on_first: return as soon as any item stops (finished or budget used):
+                every item then reports the same number of tokens (continuous batching).
+            max_steps: return after at most this many tokens per item (None: no limit).
 
         Returns:
             One ``WindowOutput`` per item, in the items' order.
@@ -272,7 +284,9 @@ class HFWindowEngine:
                 if first:
                     timing.prefill_time_s = now - t_start
                     first = False
-                if not keep:
+                if not keep or (stop_on_first and len(keep) < len(rows)):
+                    break
+                if max_steps is not None and len(new_tokens[rows[0]]) >= max_steps:
                     break
                 step_start = now
                 next_ids = torch.tensor([[chosen[r]] for r in keep], dtype=torch.long,
@@ -319,7 +333,8 @@ class HFWindowEngine:
         times: list[float] = []
         while True:
             it = WindowItem(item.request_id, item.prompt_token_ids, tuple(generated),
-                            window_tokens, item.max_tokens, item.eos_token_ids)
+                            window_tokens, item.max_tokens, item.eos_token_ids,
+                            item.sampling_stream)
             (o,) = self.run_window([it])
             generated += o.new_token_ids
             times += o.token_times_s
@@ -395,7 +410,8 @@ class HFWindowEngine:
         idx = sorted_idx.cpu().numpy()
         out = []
         for r, (it, pos) in enumerate(zip(items, positions)):
-            u = make_rng(s.seed, f"sampling/{it.request_id}/{pos}").random() * cum[r, -1]
+            stream = it.sampling_stream or it.request_id
+            u = make_rng(s.seed, f"sampling/{stream}/{pos}").random() * cum[r, -1]
             j = int(np.searchsorted(cum[r], u, side="right"))
             out.append(int(idx[r, min(j, idx.shape[1] - 1)]))
         return out
@@ -490,3 +506,110 @@ def load_causal_lm(
     tok = AutoTokenizer.from_pretrained(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype).to(device)
     return model.eval(), tok
+
+
+# ---------------------------------------------------------------------- worker seam
+@dataclass(slots=True)
+class HFWorkerStats:
+    """Totals over a worker's windows (what prefix recompute cost, measured)."""
+
+    num_windows: int = 0
+    num_tokens: int = 0
+    prefill_tokens: int = 0  # tokens actually prefilled (prompt + resumed prefixes)
+    scheduler_prefill_tokens: int = 0  # what the scheduler asked for (KV-resident model)
+    prefill_time_s: float = 0.0
+    decode_time_s: float = 0.0
+    busy_time_s: float = 0.0
+
+
+class HFWorker:
+    """A ``Worker`` (``elis.serving.workers.base``) that runs windows on ``HFWindowEngine``.
+
+    Times: a window starts at ``start_s`` on the run's clock; token times are ``start_s`` plus
+    the measured ``time.perf_counter`` elapsed since ``execute`` began, so the worker serves a
+    wall-clock runner (``start_s`` = now) and a measured-time event loop alike.
+
+    Every window recomputes the prefix of every item (see the module docstring), whatever
+    ``num_prefill_tokens`` says; the real prefill work is counted in ``stats``.
+
+    Args:
+        worker_id: the worker's id.
+        engine: the window engine (owns model, tokenizer, sampling).
+        sampling_streams: optional ``request_id → stream`` names for seeded sampling (e.g.
+            ``SmolLM2-135M-Instruct/<prompt_id>`` to replay a generate run's answers).
+        eos_token_ids: per-worker override of the engine's EOS ids.
+    """
+
+    def __init__(
+        self,
+        worker_id: int,
+        engine: HFWindowEngine,
+        sampling_streams: dict[str, str] | None = None,
+        eos_token_ids: Sequence[int] | None = None,
+    ) -> None:
+        self.worker_id = worker_id
+        self.engine = engine
+        self.sampling_streams = dict(sampling_streams or {})
+        self.eos_token_ids = tuple(eos_token_ids) if eos_token_ids is not None else None
+        self.stats = HFWorkerStats()
+        self._prompt_ids: dict[str, list[int]] = {}
+
+    def prompt_token_ids(self, request_id: str, prompt: str, given: Sequence[int] | None) -> list[int]:
+        """The request's prompt ids: ``given`` or the chat-templated encoding (cached)."""
+        if given is not None:
+            return list(given)
+        if request_id not in self._prompt_ids:
+            if self.engine.tokenizer is None:
+                raise ValueError(f"request {request_id!r} has no prompt_token_ids and the engine has no tokenizer")
+            self._prompt_ids[request_id] = encode_prompt(self.engine.tokenizer, prompt)
+        return self._prompt_ids[request_id]
+
+    def execute(self, batch, start_s: float) -> list:
+        """Run ``batch`` (a ``WindowBatch``); one ``WindowResult`` per item, in order."""
+        from elis.serving.workers.base import WindowResult
+
+        t0 = time.perf_counter()
+        run_idx = [i for i, it in enumerate(batch.items) if it.max_new_tokens > 0]
+        items = [
+            WindowItem(
+                request_id=it.request_id,
+                prompt_token_ids=self.prompt_token_ids(it.request_id, it.prompt, it.prompt_token_ids),
+                generated_token_ids=tuple(it.output_token_ids),
+                max_new_tokens=it.max_new_tokens,
+                max_tokens=it.max_tokens,
+                eos_token_ids=self.eos_token_ids,
+                sampling_stream=self.sampling_streams.get(it.request_id),
+            )
+            for it in (batch.items[i] for i in run_idx)
+        ]
+        outs = self.engine.run_window(items, stop_on_first=batch.stop_on_first, max_steps=batch.max_steps)
+        timing = self.engine.last_timing
+        by_idx = dict(zip(run_idx, outs))
+        results = []
+        for i, it in enumerate(batch.items):
+            o = by_idx.get(i)
+            if o is None:
+                results.append(WindowResult(it.request_id, 0, start_s=start_s, end_s=start_s))
+                continue
+            times = [start_s + (t - t0) for t in o.token_times_s]
+            results.append(WindowResult(
+                request_id=it.request_id,
+                num_new_tokens=len(o.new_token_ids),
+                new_token_ids=list(o.new_token_ids),
+                new_text=o.text,
+                finished=o.finished,
+                finish_reason=o.finish_reason,
+                start_s=start_s,
+                end_s=times[-1] if times else start_s,
+                first_token_time_s=times[0] if times else None,
+                token_times_s=times,
+            ))
+        st = self.stats
+        st.num_windows += 1
+        st.num_tokens += sum(len(o.new_token_ids) for o in outs)
+        st.prefill_tokens += timing.prefill_tokens
+        st.scheduler_prefill_tokens += batch.num_prefill_tokens
+        st.prefill_time_s += timing.prefill_time_s
+        st.decode_time_s += sum(timing.decode_step_times_s)
+        st.busy_time_s += time.perf_counter() - t0
+        return results
