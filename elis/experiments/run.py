@@ -1,0 +1,298 @@
+"""``run_experiment.py``: serve a workload with one or several scheduling policies.
+
+Composition root: everything is built here from the config, then handed to plain objects.
+
+    workload  = test-split samples (prompt, TRUE response, token counts, generator)
+                + arrivals (gamma | poisson | Azure trace replay, ``conf/workload``)
+    predictor = instantiate(cfg.predictor.runtime)    (batched up-front pass when it reads text)
+    per variant: policy + one Scheduler per worker + load balancer → Simulator → records
+
+Run directory (``paths.output_dir``)::
+
+    config.yaml  workload.parquet  [requests.parquet metrics.json]           single run
+    variants/<name>/{requests.parquet, metrics.json, variant.json}            preset=compare
+    rates/<rate>/variants/<name>/...                                          sweep.rates_rps
+    comparison.md  comparison.csv  plots/*.png                                compare / sweep
+
+Every sample is served on the identical workload (same seed, requests and arrival times).
+``worker.kind`` other than 'sim' dispatches to ``elis.serving.wallclock.run_variant`` (issue 5).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from elis.rng import make_rng
+from elis.serving.cost_model import CostModel
+from elis.serving.metrics import RequestRecorder, summarize
+from elis.serving.policy import SchedulingPolicy
+from elis.serving.prediction import PredictionService
+from elis.serving.scheduler import Scheduler
+from elis.serving.simulator import RequestTable, Simulator
+
+log = logging.getLogger(__name__)
+
+SCHED_KEYS = ("policy", "mode", "preemption", "preemption_margin", "aging_tokens_per_s", "promote_after_s")
+
+
+# ---------------------------------------------------------------------- workload
+def load_samples(data_dir: str | Path, split: str) -> pd.DataFrame:
+    """The ``split`` rows of ``<data_dir>/pairs`` (a saved ``datasets.DatasetDict``).
+
+    Raises:
+        FileNotFoundError: the dataset is missing (names the build command).
+        KeyError: the split is missing (lists the available ones).
+        ValueError: the split is empty.
+    """
+    import datasets
+
+    p = Path(data_dir) / "pairs"
+    if not p.exists():
+        raise FileNotFoundError(
+            f"no dataset at {p}; build it with `python build_dataset.py data={Path(data_dir).name}`"
+        )
+    dd = datasets.load_from_disk(str(p))
+    if split not in dd:
+        raise KeyError(f"split={split!r} not in {p}; available: {list(dd.keys())}")
+    df = dd[split].to_pandas()
+    if df.empty:
+        raise ValueError(f"split {split!r} of {p} is empty")
+    return df
+
+
+def choose_rows(num_available: int, num_requests: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``num_requests`` samples: seeded shuffles, concatenated (cycled) when more are needed."""
+    reps = -(-num_requests // num_available)
+    return np.concatenate([rng.permutation(num_available) for _ in range(reps)])[:num_requests]
+
+
+def make_arrivals(wl: DictConfig, num_requests: int, seed: int) -> tuple[np.ndarray, pd.DataFrame | None]:
+    """Arrival times (s, sorted) from ``cfg.workload`` and, for traces, the trace rows used.
+
+    Raises:
+        ValueError: unknown ``workload.kind`` (lists valid ones) or a trace too short.
+    """
+    from elis.experiments import workload as wlmod
+
+    rng = make_rng(seed, "arrivals")
+    kind = wl.kind
+    if kind == "gamma":
+        return wlmod.gamma_arrivals(num_requests, wl.rate_rps, wl.cv, rng), None
+    if kind == "poisson":
+        return wlmod.poisson_arrivals(num_requests, wl.rate_rps, rng), None
+    if kind == "trace":
+        start = int(wl.get("start_row", 0))
+        df = wlmod.load_trace(wl.path, time_scale=wl.time_scale, max_rows=start + num_requests)
+        df = df.iloc[start : start + num_requests].reset_index(drop=True)
+        if len(df) < num_requests:
+            raise ValueError(f"trace {wl.path} has {len(df)} rows from start_row={start}; need {num_requests}")
+        t = df["arrival_time_s"].to_numpy(dtype=np.float64)
+        return t - t[0], df
+    raise ValueError(f"workload.kind={kind!r} is not one of ['gamma', 'poisson', 'trace']")
+
+
+def build_table(cfg: DictConfig) -> tuple[RequestTable, pd.DataFrame]:
+    """The run's workload as a ``RequestTable`` plus a DataFrame saved as ``workload.parquet``."""
+    n = int(cfg.num_requests)
+    arrivals, trace = make_arrivals(cfg.workload, n, int(cfg.seed))
+    if trace is not None and cfg.workload.get("use_trace_lengths", False):
+        wl = pd.DataFrame(
+            {
+                "sample_id": [f"trace/{i}" for i in range(n)],
+                "num_prompt_tokens": trace["num_prompt_tokens"].to_numpy(),
+                "num_output_tokens": trace["num_output_tokens"].to_numpy(),
+            }
+        )
+        prompts = responses = generators = None
+    else:
+        samples = load_samples(Path(cfg.paths.data_dir) / cfg.data.name, cfg.split)
+        rows = choose_rows(len(samples), n, make_rng(int(cfg.seed), "workload/requests"))
+        s = samples.iloc[rows].reset_index(drop=True)
+        wl = s[["sample_id", "num_prompt_tokens", "num_output_tokens"]].copy()
+        prompts, responses = s["prompt"].tolist(), s["response"].tolist()
+        generators = s["generator"].tolist()
+    wl.insert(0, "request_id", [f"req-{i:07d}" for i in range(n)])
+    wl.insert(1, "arrival_time_s", arrivals)
+    table = RequestTable(
+        arrival_time_s=arrivals,
+        num_prompt_tokens=wl["num_prompt_tokens"].to_numpy(),
+        num_output_tokens=wl["num_output_tokens"].to_numpy(),
+        max_tokens=int(cfg.max_tokens),
+        prompts=prompts,
+        responses=responses,
+        generators=generators,
+    )
+    return table, wl
+
+
+# ---------------------------------------------------------------------- one variant
+def build_schedulers(
+    sched: dict, num_workers: int, max_batch_size: int, window_tokens: int,
+    kv_capacity_tokens: int | None, prediction: PredictionService | None, cost_model: CostModel,
+) -> list[Scheduler]:
+    """One ``Scheduler`` per worker from a plain ``sched`` dict (keys ``SCHED_KEYS``)."""
+    policy = SchedulingPolicy(
+        name=sched["policy"],
+        aging_tokens_per_s=float(sched.get("aging_tokens_per_s", 0.0) or 0.0),
+        promote_after_s=sched.get("promote_after_s"),
+    )
+    return [
+        Scheduler(
+            w, policy, max_batch_size=max_batch_size, window_tokens=window_tokens,
+            mode=sched.get("mode", "windowed"), preemption=bool(sched.get("preemption", True)),
+            preemption_margin=float(sched.get("preemption_margin", 0.0) or 0.0),
+            kv_capacity_tokens=kv_capacity_tokens, predictor=prediction,
+            scheduling_overhead_s=cost_model.scheduling_overhead_s,
+        )
+        for w in range(num_workers)
+    ]
+
+
+def simulate(
+    table: RequestTable, sched: dict, *, num_workers: int, max_batch_size: int, window_tokens: int,
+    cost_model: CostModel, load_balancer, prediction: PredictionService | None,
+    kv_capacity_tokens: int | None = None, record_intervals: bool = True, reveal_text: bool = False,
+):
+    """Simulate ``table`` under one scheduling variant; returns a ``SimResult``."""
+    schedulers = build_schedulers(
+        sched, num_workers, max_batch_size, window_tokens, kv_capacity_tokens, prediction, cost_model
+    )
+    sim = Simulator(
+        table, schedulers, cost_model, load_balancer, prediction,
+        RequestRecorder(record_intervals=record_intervals), reveal_text=reveal_text,
+    )
+    return sim.run()
+
+
+def run_variant(cfg: DictConfig, sched: dict, table: RequestTable, prediction, cost_model, out_dir: Path) -> dict:
+    """Run one variant into ``out_dir`` (requests.parquet, metrics.json); return its summary."""
+    import hydra.utils
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kind = cfg.worker.get("kind", "sim")
+    if kind != "sim":
+        from elis.serving import wallclock  # issue 5: real workers on the same scheduler
+
+        return wallclock.run_variant(cfg, sched, table, prediction, cost_model, out_dir)
+    lb = hydra.utils.instantiate(cfg.load_balancer)
+    t0 = time.perf_counter()
+    res = simulate(
+        table, sched, num_workers=int(cfg.num_workers), max_batch_size=int(cfg.max_batch_size),
+        window_tokens=int(cfg.window_tokens), cost_model=cost_model, load_balancer=lb,
+        prediction=prediction, kv_capacity_tokens=cfg.worker.get("kv_capacity_tokens"),
+        record_intervals=bool(cfg.record_intervals),
+        reveal_text=prediction is not None and prediction.reads_text and not _precompute(cfg, prediction),
+    )
+    res.records.to_parquet(out_dir / "requests.parquet", index=False)
+    metrics = summarize(res.records)
+    metrics.update({k: v for k, v in res.counters.items() if k != "wall_s"})
+    metrics["sim_wall_s"] = res.counters["wall_s"]
+    metrics["sim_requests_per_wall_s"] = len(table) / max(res.counters["wall_s"], 1e-9)
+    metrics["variant"] = sched
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+    log.info(
+        "%s/%s: jct_mean_s=%.3f p99=%.3f (%d requests, %.2f s wall)", sched["policy"], sched.get("mode"),
+        metrics["jct_mean_s"] or float("nan"), metrics["jct_p99_s"] or float("nan"), len(table),
+        time.perf_counter() - t0,
+    )
+    return metrics
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _precompute(cfg: DictConfig, prediction: PredictionService | None) -> bool:
+    if prediction is None:
+        return False
+    flag = cfg.get("precompute_predictions", "auto")
+    return prediction.reads_text if flag == "auto" else bool(flag)
+
+
+# ---------------------------------------------------------------------- entry
+def build_prediction(cfg: DictConfig, cost_model: CostModel, table: RequestTable) -> PredictionService | None:
+    """Instantiate ``cfg.predictor.runtime`` and wrap it; precompute all steps when configured."""
+    import hydra.utils
+
+    if cfg.get("predictor") is None:
+        return None
+    predictor = hydra.utils.instantiate(cfg.predictor.runtime)
+    log.info("predictor: %s (%s)", predictor.name, type(predictor).__name__)
+    service = PredictionService(
+        predictor, cost_model, latency_source=cfg.predictor_latency, window_tokens=int(cfg.window_tokens)
+    )
+    if _precompute(cfg, service):
+        service.precompute(table.make_request(i) for i in range(len(table)))
+    return service
+
+
+def variants_of(cfg: DictConfig) -> list[tuple[str, dict]]:
+    """``[(name, sched dict)]``: ``compare.variants`` merged over ``cfg.sched``, or ``cfg.sched`` alone."""
+    base = {k: v for k, v in OmegaConf.to_container(cfg.sched, resolve=True).items() if k in SCHED_KEYS}
+    comp = cfg.get("compare")
+    if not comp:
+        return [(f"{base['policy']}_{base.get('mode', 'windowed')}", base)]
+    out = []
+    for v in OmegaConf.to_container(comp.variants, resolve=True):
+        v = dict(v)
+        name = v.pop("name")
+        unknown = sorted(set(v) - set(SCHED_KEYS))
+        if unknown:
+            raise ValueError(f"compare.variants[{name}] has unknown keys {unknown}; valid: {list(SCHED_KEYS)}")
+        out.append((name, {**base, **v}))
+    return out
+
+
+def run(cfg: DictConfig) -> dict:
+    """Run the configured experiment; returns ``{variant_name: metrics}`` (+ ``output_dir``)."""
+    import hydra.utils
+
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    cost_model: CostModel = hydra.utils.instantiate(cfg.cost_model)
+    variants = variants_of(cfg)
+    sweep = cfg.get("sweep")
+    rates = list(sweep.rates_rps) if sweep else [None]
+    results: dict = {"output_dir": str(out_dir)}
+    for rate in rates:
+        rcfg = cfg
+        rdir = out_dir
+        if rate is not None:
+            rcfg = cfg.copy()
+            OmegaConf.set_struct(rcfg, False)
+            if rcfg.workload.kind == "trace":
+                rcfg.workload.time_scale = float(rate)
+            else:
+                rcfg.workload.rate_rps = float(rate)
+            rdir = out_dir / "rates" / f"{float(rate):g}"
+        table, wl = build_table(rcfg)
+        rdir.mkdir(parents=True, exist_ok=True)
+        wl.to_parquet(rdir / "workload.parquet", index=False)
+        prediction = build_prediction(rcfg, cost_model, table)
+        for name, sched in variants:
+            vdir = rdir if not cfg.get("compare") else rdir / "variants" / name
+            m = run_variant(rcfg, sched, table, prediction, cost_model, vdir)
+            (vdir / "variant.json").write_text(json.dumps({"name": name, **sched, "rate": rate}))
+            key = name if rate is None else f"{name}@{rate:g}"
+            results[key] = m
+        if cfg.get("compare"):
+            from elis.experiments.report import write_comparison
+
+            write_comparison(rdir)
+    if cfg.get("plots", True):
+        from elis.experiments.plots import plot_run
+
+        plot_run(out_dir)
+    return results

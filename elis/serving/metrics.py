@@ -1,0 +1,218 @@
+"""Per-request records, the run summary (``metrics.json``) and end-of-run invariants.
+
+Definitions (times in seconds on the run's clock):
+- JCT = finish − arrival (vLLM's benchmark calls it e2el).
+- queuing delay = JCT − time spent executing (the sum of every waiting interval: in the
+  buffer, preempted, and the scheduling/predictor overhead before its windows).
+- TTFT = first token ever emitted − arrival (the first token is emitted at the end of the
+  request's first decode step; None for 0-token responses).
+- TPOT = (finish − first token) / (tokens − 1); None for fewer than 2 tokens.
+- max wait = the longest single waiting interval (arrival → first window, or between windows).
+Summary names follow vLLM's benchmark style with units: ``jct_mean_s``, ``ttft_p99_s``,
+``request_throughput_rps``, ``output_throughput_tok_s``. Percentiles: numpy's linear method.
+Failed requests are counted (``num_failed``) and excluded from latency statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from elis.serving.request import Request, RequestStatus
+
+PERCENTILES: tuple[int, ...] = (50, 90, 99)
+LATENCY_METRICS: tuple[str, ...] = ("jct", "queuing_delay", "ttft", "tpot")
+BUCKETS: tuple[str, ...] = ("short", "medium", "long")
+
+
+class InvariantError(RuntimeError):
+    """A run broke an invariant (lost, duplicated or wrongly finished requests)."""
+
+
+class RequestRecorder:
+    """Collects one row per terminal request (column lists; memory O(finished requests)).
+
+    Args:
+        record_intervals: keep the list columns ``window_start_s``/``window_end_s`` and the
+            per-step prediction lists (off for very large benchmark runs).
+    """
+
+    SCALARS = (
+        "request_id", "worker_id", "status", "finish_reason", "fail_reason", "generator",
+        "arrival_time_s", "first_token_time_s", "finish_time_s", "jct_s", "queuing_delay_s",
+        "executed_time_s", "max_wait_s", "ttft_s", "tpot_s", "num_prompt_tokens",
+        "num_output_tokens", "true_num_output_tokens", "max_tokens", "num_preemptions",
+        "num_recomputed_tokens", "first_predicted_tokens",
+    )
+    LISTS = (
+        "window_start_s", "window_end_s", "prediction_num_generated_tokens",
+        "predicted_remaining_tokens", "true_remaining_tokens",
+    )
+
+    def __init__(self, record_intervals: bool = True) -> None:
+        self.record_intervals = record_intervals
+        self.columns: dict[str, list] = {c: [] for c in self.SCALARS}
+        if record_intervals:
+            self.columns.update({c: [] for c in self.LISTS})
+
+    def __len__(self) -> int:
+        return len(self.columns["request_id"])
+
+    def add(self, r: Request) -> None:
+        """Record a FINISHED or FAILED request."""
+        c = self.columns
+        finished = r.status is RequestStatus.FINISHED
+        iv = r.run_intervals
+        executed = sum(e - s for s, e in iv)
+        jct = r.finish_time_s - r.arrival_time_s if finished else math.nan
+        gaps = [iv[0][0] - r.arrival_time_s] if iv else []
+        gaps += [iv[i][0] - iv[i - 1][1] for i in range(1, len(iv))]
+        n = r.num_generated_tokens
+        ttft = r.first_token_time_s - r.arrival_time_s if r.first_token_time_s is not None else math.nan
+        tpot = (
+            (r.finish_time_s - r.first_token_time_s) / (n - 1)
+            if finished and n >= 2 and r.first_token_time_s is not None
+            else math.nan
+        )
+        values = (
+            r.request_id, r.worker_id if r.worker_id is not None else -1, r.status.name,
+            r.finish_reason, r.fail_reason, r.generator, r.arrival_time_s,
+            r.first_token_time_s if r.first_token_time_s is not None else math.nan,
+            r.finish_time_s if finished else math.nan, jct,
+            jct - executed if finished else math.nan, executed, max(gaps, default=0.0), ttft, tpot,
+            r.num_prompt_tokens, n,
+            r.true_num_output_tokens if r.true_num_output_tokens is not None else -1,
+            r.max_tokens, r.num_preemptions, r.num_recomputed_tokens,
+            r.first_predicted_tokens if r.first_predicted_tokens is not None else math.nan,
+        )
+        for k, v in zip(self.SCALARS, values):
+            c[k].append(v)
+        if self.record_intervals:
+            c["window_start_s"].append([s for s, _ in iv])
+            c["window_end_s"].append([e for _, e in iv])
+            c["prediction_num_generated_tokens"].append([g for g, _ in r.predictions])
+            c["predicted_remaining_tokens"].append([p for _, p in r.predictions])
+            target = r.target_num_output_tokens
+            c["true_remaining_tokens"].append(
+                [target - g for g, _ in r.predictions] if target is not None else []
+            )
+
+    def add_all(self, requests: Iterable[Request]) -> None:
+        for r in requests:
+            self.add(r)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The records as a DataFrame (NaN marks 'not applicable': TTFT of a 0-token answer, ...)."""
+        return pd.DataFrame(self.columns)
+
+
+def length_bucket_edges(true_num_output_tokens: np.ndarray) -> tuple[float, float]:
+    """Tercile edges of the workload's true lengths: short ≤ e1 < medium ≤ e2 < long."""
+    x = np.asarray(true_num_output_tokens, dtype=np.float64)
+    if x.size == 0:
+        return (0.0, 0.0)
+    e1, e2 = np.percentile(x, [100 / 3, 200 / 3])
+    return float(e1), float(e2)
+
+
+def _stats(prefix: str, values: np.ndarray) -> dict[str, float | None]:
+    v = values[np.isfinite(values)]
+    out: dict[str, float | None] = {f"{prefix}_mean_s": float(v.mean()) if v.size else None}
+    for p in PERCENTILES:
+        out[f"{prefix}_p{p}_s"] = float(np.percentile(v, p)) if v.size else None
+    return out
+
+
+def summarize(records: pd.DataFrame, bucket_edges: tuple[float, float] | None = None) -> dict:
+    """The run summary (see module docstring for names and definitions)."""
+    fin = records[records["status"] == RequestStatus.FINISHED.name]
+    out: dict = {
+        "num_requests": int(len(records)),
+        "num_finished": int(len(fin)),
+        "num_failed": int((records["status"] == RequestStatus.FAILED.name).sum()),
+    }
+    if len(fin):
+        t0 = float(records["arrival_time_s"].min())
+        t1 = float(fin["finish_time_s"].max())
+        duration = max(t1 - t0, 1e-12)
+        out["duration_s"] = t1 - t0
+        out["request_throughput_rps"] = len(fin) / duration
+        out["output_throughput_tok_s"] = float(fin["num_output_tokens"].sum()) / duration
+    for m in LATENCY_METRICS:
+        out.update(_stats(m, fin[f"{m}_s"].to_numpy(dtype=np.float64)))
+    out["max_wait_s"] = float(fin["max_wait_s"].max()) if len(fin) else None
+    out["num_preemptions"] = int(records["num_preemptions"].sum())
+    out["num_recomputed_tokens"] = int(records["num_recomputed_tokens"].sum())
+    if bucket_edges is None:
+        bucket_edges = length_bucket_edges(records["true_num_output_tokens"].to_numpy())
+    out["length_bucket_edges_tokens"] = list(bucket_edges)
+    bucket = assign_buckets(fin["true_num_output_tokens"].to_numpy(), bucket_edges)
+    for name in BUCKETS:
+        sel = fin[bucket == name]
+        out[f"jct_mean_s_{name}"] = float(sel["jct_s"].mean()) if len(sel) else None
+        out[f"jct_p99_s_{name}"] = float(np.percentile(sel["jct_s"], 99)) if len(sel) else None
+        out[f"num_requests_{name}"] = int(len(sel))
+    return out
+
+
+def assign_buckets(true_num_output_tokens: np.ndarray, edges: tuple[float, float]) -> np.ndarray:
+    """'short' | 'medium' | 'long' per request (see ``length_bucket_edges``)."""
+    x = np.asarray(true_num_output_tokens, dtype=np.float64)
+    return np.where(x <= edges[0], "short", np.where(x <= edges[1], "medium", "long"))
+
+
+def check_invariants(records: pd.DataFrame, expected_request_ids: Iterable[str] | int) -> None:
+    """Fail loudly unless every request finished exactly once or failed with a reason.
+
+    Checks: no request lost or duplicated; terminal status only; FAILED has a reason;
+    FINISHED generated exactly min(true length, max_tokens) tokens (when the truth is known)
+    and has finish ≥ arrival, queuing delay ≥ 0 and TTFT ≤ JCT.
+
+    Raises:
+        InvariantError: listing every violation (first 10 examples each).
+    """
+    problems: list[str] = []
+    ids = records["request_id"]
+    dup = ids[ids.duplicated()].tolist()
+    if dup:
+        problems.append(f"{len(dup)} duplicated request ids, e.g. {dup[:10]}")
+    if isinstance(expected_request_ids, int):
+        if len(records) != expected_request_ids:
+            problems.append(f"{len(records)} records for {expected_request_ids} requests (lost or extra)")
+    else:
+        expected = set(expected_request_ids)
+        got = set(ids)
+        lost, extra = sorted(expected - got), sorted(got - expected)
+        if lost:
+            problems.append(f"{len(lost)} requests lost, e.g. {lost[:10]}")
+        if extra:
+            problems.append(f"{len(extra)} unknown requests recorded, e.g. {extra[:10]}")
+    status = records["status"]
+    bad = records[~status.isin([RequestStatus.FINISHED.name, RequestStatus.FAILED.name])]
+    if len(bad):
+        problems.append(f"{len(bad)} requests not terminal, e.g. {bad['request_id'].tolist()[:10]}")
+    failed = records[status == RequestStatus.FAILED.name]
+    no_reason = failed[failed["fail_reason"].isna() | (failed["fail_reason"] == "")]
+    if len(no_reason):
+        problems.append(f"{len(no_reason)} failed requests without a reason, e.g. {no_reason['request_id'].tolist()[:10]}")
+    fin = records[status == RequestStatus.FINISHED.name]
+    known = fin[fin["true_num_output_tokens"] >= 0]
+    target = np.minimum(known["true_num_output_tokens"], known["max_tokens"])
+    wrong = known[known["num_output_tokens"] != target]
+    if len(wrong):
+        ex = wrong[["request_id", "num_output_tokens", "true_num_output_tokens", "max_tokens"]].head(10)
+        problems.append(f"{len(wrong)} requests generated the wrong number of tokens:\n{ex.to_string()}")
+    eps = 1e-9
+    for name, mask in (
+        ("finish < arrival", fin["finish_time_s"] < fin["arrival_time_s"] - eps),
+        ("queuing delay < 0", fin["queuing_delay_s"] < -eps),
+        ("ttft > jct", fin["ttft_s"] > fin["jct_s"] + eps),
+        ("non-finite jct", ~np.isfinite(fin["jct_s"].to_numpy(dtype=np.float64))),
+    ):
+        if mask.any():
+            problems.append(f"{int(mask.sum())} requests with {name}, e.g. {fin.loc[mask, 'request_id'].tolist()[:10]}")
+    if problems:
+        raise InvariantError("run invariants violated:\n- " + "\n- ".join(problems))

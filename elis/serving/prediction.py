@@ -1,0 +1,166 @@
+"""Predictions for the scheduler: a ``LengthPredictor`` plus how its latency is charged.
+
+``PredictionService.predict(requests) -> (predicted_remaining, charged_s)`` builds one
+``PredictionQuery`` per request from its prompt and the text generated so far and calls the
+predictor once (batched). In simulation the inputs are known before the run (prefixes of the
+TRUE responses at every window boundary k·W), so ``precompute(requests)`` can evaluate the
+predictor on all of them in ONE batched pass (the learned predictor's cached, batched path)
+and ``predict`` then only looks results up — outputs are identical, only faster.
+
+Text reveal (simulation): the dataset stores token COUNTS, not token ids, so the text after
+``g`` of ``L`` tokens is approximated by the first ``round(len(text)·g/L)`` characters
+(``reveal_prefix``). Token and character positions agree on average; at k·W = 50 tokens the
+cut can fall a few characters off a token boundary, which the predictor's training inputs
+(decode of the first k·W token ids) do not have.
+
+Latency charged to simulated time: ``cost_model`` (deterministic: ``predictor_base_s +
+predictor_per_query_s·n`` from the profile) or ``measured`` (the predictor's own measured mean
+seconds per query × n; realistic, but the run is then not bit-reproducible).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import numpy as np
+
+from elis.predictor.base import LengthPredictor, PredictionQuery
+from elis.serving.cost_model import CostModel
+from elis.serving.request import Request
+
+log = logging.getLogger(__name__)
+
+LATENCY_SOURCES: tuple[str, ...] = ("cost_model", "measured", "zero")
+# Reference predictors that never read the partial text (elis.predictor.simple).
+TEXT_FREE_PREDICTORS: frozenset[str] = frozenset({"oracle", "noisy_oracle", "constant", "prompt_length"})
+
+
+def reveal_prefix(text: str, num_tokens: int, total_tokens: int) -> str:
+    """The first ``num_tokens`` of a ``total_tokens``-token ``text``, by character proportion.
+
+    Returns ``text`` when ``num_tokens >= total_tokens`` and '' when ``num_tokens <= 0``.
+    """
+    if num_tokens <= 0 or not text:
+        return ""
+    if num_tokens >= total_tokens:
+        return text
+    return text[: round(len(text) * num_tokens / total_tokens)]
+
+
+def predictor_reads_text(predictor: LengthPredictor) -> bool:
+    """Whether the predictor reads ``partial_response`` (``uses_text`` attribute, else by name)."""
+    flag = getattr(predictor, "uses_text", None)
+    if flag is not None:
+        return bool(flag)
+    return predictor.name not in TEXT_FREE_PREDICTORS
+
+
+class PredictionService:
+    """Batched predictions for requests, with simulated-latency accounting.
+
+    Args:
+        predictor: any ``LengthPredictor``.
+        cost_model: supplies ``predictor_latency_s`` when ``latency_source='cost_model'``.
+        latency_source: 'cost_model' | 'measured' | 'zero'.
+        window_tokens: W (the steps ``precompute`` covers are multiples of it).
+
+    Raises:
+        ValueError: unknown ``latency_source``; 'cost_model' without a cost model.
+    """
+
+    def __init__(
+        self,
+        predictor: LengthPredictor,
+        cost_model: CostModel | None = None,
+        latency_source: str = "cost_model",
+        window_tokens: int = 50,
+    ) -> None:
+        if latency_source not in LATENCY_SOURCES:
+            raise ValueError(f"predictor_latency={latency_source!r} is not one of {list(LATENCY_SOURCES)}")
+        if latency_source == "cost_model" and cost_model is None:
+            raise ValueError("predictor_latency='cost_model' needs a cost model")
+        self.predictor = predictor
+        self.cost_model = cost_model
+        self.latency_source = latency_source
+        self.window_tokens = window_tokens
+        self.reads_text = predictor_reads_text(predictor)
+        self._table: dict[tuple[str, int], float] = {}
+        self.num_calls = 0
+        self.num_queries = 0
+        self.num_table_hits = 0
+        self.precompute_wall_s = 0.0
+
+    # ------------------------------------------------------------------ queries
+    def query_for(self, r: Request, num_generated_tokens: int | None = None) -> PredictionQuery:
+        """The predictor's input for ``r`` after ``num_generated_tokens`` (default: now)."""
+        g = r.num_generated_tokens if num_generated_tokens is None else num_generated_tokens
+        if not self.reads_text:
+            partial = ""
+        elif num_generated_tokens is None:
+            partial = r.partial_response
+        else:
+            partial = reveal_prefix(r.true_response or "", g, r.true_num_output_tokens or 0)
+        return PredictionQuery(
+            prompt=r.prompt,
+            partial_response=partial,
+            num_generated_tokens=g,
+            request_id=r.request_id,
+            generator=r.generator,
+            num_output_tokens=r.target_num_output_tokens,
+            num_prompt_tokens=r.num_prompt_tokens,
+        )
+
+    def precompute(self, requests: Iterable[Request]) -> int:
+        """Predict every window boundary ``g = k·W < target length`` of every request in one call.
+
+        Returns the number of (request, step) queries evaluated.
+        """
+        import time
+
+        keys: list[tuple[str, int]] = []
+        queries: list[PredictionQuery] = []
+        w = self.window_tokens
+        for r in requests:
+            target = r.target_num_output_tokens
+            if target is None:
+                raise ValueError(f"precompute needs the true length; request {r.request_id!r} has None")
+            for g in range(0, max(target, 1), w):
+                keys.append((r.request_id, g))
+                queries.append(self.query_for(r, g))
+        start = time.perf_counter()
+        preds = self.predictor.predict_remaining(queries)
+        self.precompute_wall_s = time.perf_counter() - start
+        self._table.update(zip(keys, (float(p) for p in preds)))
+        log.info("precomputed %d predictions in %.2f s", len(keys), self.precompute_wall_s)
+        return len(keys)
+
+    # ------------------------------------------------------------------ serving
+    def predict(self, requests: list[Request]) -> tuple[np.ndarray, float]:
+        """Predicted remaining tokens (float64, shape (N,)) and the seconds to charge."""
+        n = len(requests)
+        out = np.empty(n, dtype=np.float64)
+        missing: list[int] = []
+        for i, r in enumerate(requests):
+            v = self._table.get((r.request_id, r.num_generated_tokens))
+            if v is None:
+                missing.append(i)
+            else:
+                out[i] = v
+        self.num_table_hits += n - len(missing)
+        if missing:
+            preds = self.predictor.predict_remaining([self.query_for(requests[i]) for i in missing])
+            out[missing] = preds
+        self.num_calls += 1
+        self.num_queries += n
+        return out, self.latency_s(n)
+
+    def latency_s(self, num_queries: int) -> float:
+        """Seconds charged for one call on ``num_queries`` queries."""
+        if self.latency_source == "zero" or num_queries == 0:
+            return 0.0
+        if self.latency_source == "cost_model":
+            return self.cost_model.predictor_latency_s(num_queries)  # type: ignore[union-attr]
+        lat = self.predictor.latency
+        per_query_s = lat.total_ms / 1e3 / lat.num_queries if lat.num_queries else 0.0
+        return per_query_s * num_queries
