@@ -191,6 +191,14 @@ def labelled_pairs(
 # ---------------------------------------------------------------------------------------
 
 
+def _features(columns: dict[str, str]):
+    """``datasets.Features`` from a schema dict whose descriptions start with the dtype."""
+    import datasets
+
+    return datasets.Features({c: datasets.Value("int64" if d.startswith("int64") else "string")
+                              for c, d in columns.items()})
+
+
 def _length_stats(values) -> dict:
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
@@ -302,6 +310,10 @@ def build_dataset(
         if part.num_rows == 0:
             logger.warning("split %s is empty", split)
         pair_dict[split] = part.select_columns(list(PAIR_COLUMNS))
+        if part.num_rows == 0:  # map on 0 rows yields 0 columns: write the typed empty table
+            iter_dict[split] = datasets.Dataset.from_dict({c: [] for c in ITERATIVE_COLUMNS},
+                                                          features=_features(ITERATIVE_COLUMNS))
+            continue
         iter_dict[split] = part.map(
             expander,
             batched=True,
@@ -311,11 +323,13 @@ def build_dataset(
             cache_file_name=str(tmp / "map_cache" / f"iterative-{split}.arrow"),
             new_fingerprint=f"iter-{info['cache_key']}-{split}-{window_tokens}-{num_steps}",
             desc=f"iterative samples ({split})",
+            features=_features(ITERATIVE_COLUMNS),
         ).select_columns(list(ITERATIVE_COLUMNS))
     pairs = datasets.DatasetDict(pair_dict)
     iterative = datasets.DatasetDict(iter_dict)
-    pairs.save_to_disk(str(tmp / "pairs"))
-    iterative.save_to_disk(str(tmp / "iterative"))
+    # datasets cannot reload a 0-row split saved with 0 shards: give empty splits one shard.
+    pairs.save_to_disk(str(tmp / "pairs"), num_shards={s: 1 for s, d in pairs.items() if d.num_rows == 0})
+    iterative.save_to_disk(str(tmp / "iterative"), num_shards={s: 1 for s, d in iterative.items() if d.num_rows == 0})
     del pairs, iterative, iter_dict, pair_dict
     shutil.rmtree(tmp / "map_cache", ignore_errors=True)
 

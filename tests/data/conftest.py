@@ -11,12 +11,15 @@ from data_factories import WORDS
 @pytest.fixture(scope="session")
 def word_tokenizer_dir(tmp_path_factory) -> Path:
     """A saved ``PreTrainedTokenizerFast``: whitespace split, one id per word of WORDS,
-    ``[UNK]``=0 and ``[EOS]``=1 special tokens; decoding joins words with one space."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    ``[UNK]``=0 and ``[EOS]``=1 special tokens; decoding joins words with one space. Its
+    normalizer deletes zero-width spaces (U+200B), so a response of only those is non-empty
+    text with 0 tokens."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"[UNK]": 0, "[EOS]": 1} | {w: i + 2 for i, w in enumerate(dict.fromkeys(WORDS))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Replace("\u200b", "")
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##")
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="[EOS]")
