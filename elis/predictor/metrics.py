@@ -45,7 +45,7 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     nan = float("nan")
     if len(t) == 0:
         return {"n": 0, "mae": nan, "rmse": nan, "r2": nan, "kendall_tau": nan}
-    tt, pp = torch.from_numpy(t), torch.from_numpy(p)
+    tt, pp = torch.tensor(t), torch.tensor(p)
     out: dict[str, float] = {
         "n": int(len(t)),
         "mae": float(mean_absolute_error(pp, tt)),

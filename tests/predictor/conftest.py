@@ -81,3 +81,26 @@ def tiny_bert(minilm_tokenizer):
     cfg = BertConfig(vocab_size=minilm_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
                      num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
     return BertModel(cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, tiny_bert, minilm_tokenizer) -> str:
+    """The tiny random BERT + tokenizer saved as a local model folder (no download)."""
+    d = tmp_path_factory.mktemp("tiny_bert")
+    tiny_bert.save_pretrained(str(d))
+    minilm_tokenizer.save_pretrained(str(d))
+    return str(d)
+
+
+def train_overrides(tiny_bert_dir: str, *extra: str) -> list[str]:
+    """Overrides that make ``train`` tiny: the tiny dataset, tiny BERT, a small head, 3 epochs."""
+    return [
+        "data.name=tiny",
+        f"predictor.encoder.model_name={tiny_bert_dir}",
+        "predictor.encoder.max_length=64",
+        "predictor.head.hidden_dim=32",
+        "predictor.head.num_hidden_layers=2",
+        "trainer.max_epochs=3",
+        "callbacks.progress_bar.refresh_rate=0",
+        *extra,
+    ]

@@ -1,0 +1,88 @@
+"""Pooling (mask use, padding side), truncation budget and encoder errors; tiny random BERT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from elis.predictor.encoder import TextEncoder, pool, split_budget
+
+
+def test_pool_cls_and_mean_use_the_mask():
+    hidden = torch.tensor([[[1.0, 1.0], [3.0, 5.0], [9.0, 9.0]],     # right-padded: 2 real
+                           [[9.0, 9.0], [2.0, 4.0], [4.0, 8.0]]])    # left-padded: 2 real
+    mask = torch.tensor([[1, 1, 0], [0, 1, 1]])
+    assert pool(hidden, mask, "cls").tolist() == [[1.0, 1.0], [2.0, 4.0]]
+    assert pool(hidden, mask, "mean").tolist() == [[2.0, 3.0], [3.0, 6.0]]
+    with pytest.raises(ValueError, match="no real token"):
+        pool(hidden, torch.zeros(2, 3, dtype=torch.long), "mean")
+    with pytest.raises(ValueError, match="pooling='max'"):
+        pool(hidden, mask, "max")
+
+
+@pytest.mark.parametrize(
+    ("n_prompt", "n_resp", "budget", "expected"),
+    [(10, 10, 30, (10, 10)), (100, 100, 30, (15, 15)), (5, 100, 30, (5, 25)),
+     (100, 5, 30, (25, 5)), (100, 0, 30, (30, 0))],
+)
+def test_split_budget(n_prompt, n_resp, budget, expected):
+    assert split_budget(n_prompt, n_resp, budget, 0.5) == expected
+
+
+def _encoder(tiny_bert, tok, **kw) -> TextEncoder:
+    return TextEncoder("tiny-bert", model=tiny_bert, tokenizer=tok, **kw)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_embedding_independent_of_padding_side_and_batch(tiny_bert, minilm_tokenizer, pooling):
+    import copy
+
+    prompts = ["short", "a much longer prompt " * 8, "middle sized prompt here"]
+    responses = ["", "some answer " * 5, "x"]
+    right = _encoder(tiny_bert, minilm_tokenizer, pooling=pooling, max_length=64, batch_size=3)
+    left_tok = copy.deepcopy(minilm_tokenizer)
+    left_tok.padding_side = "left"
+    left = _encoder(tiny_bert, left_tok, pooling=pooling, max_length=64, batch_size=3)
+    a = right.encode(prompts, responses)
+    b = left.encode(prompts, responses)
+    alone = np.vstack([right.encode([p], [r]) for p, r in zip(prompts, responses)])
+    assert a.shape == (3, 32)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(a, alone, atol=1e-5)
+
+
+def test_truncation_keeps_prompt_start_and_response_end(tiny_bert, minilm_tokenizer):
+    enc = _encoder(tiny_bert, minilm_tokenizer, max_length=16, prompt_budget_fraction=0.5)
+    prompt = " ".join(f"p{i}" for i in range(40))
+    response = " ".join(str(i) for i in range(100, 140))
+    (ids,) = enc.token_ids([prompt], [response])
+    text = minilm_tokenizer.decode(ids)
+    assert len(ids) == 16
+    assert text.startswith("[CLS] p0") and text.endswith("139 [SEP]")
+    assert "response so far" in text  # the separator survives truncation
+    assert enc.stats.num_truncated == 1
+    enc.token_ids(["short"], [""])
+    assert enc.stats.num_truncated == 1  # fits: not counted
+
+
+def test_empty_and_long_inputs_are_finite(tiny_bert, minilm_tokenizer):
+    enc = _encoder(tiny_bert, minilm_tokenizer, max_length=64)
+    out = enc.encode(["", "word " * 3000], ["", "more " * 3000])
+    assert out.shape == (2, 32) and np.all(np.isfinite(out))
+    assert enc.encode([], []).shape == (0, 32)
+
+
+def test_bad_settings_name_the_field(tiny_bert, minilm_tokenizer):
+    with pytest.raises(ValueError, match="encoder.pooling='max'"):
+        _encoder(tiny_bert, minilm_tokenizer, pooling="max")
+    with pytest.raises(ValueError, match="encoder.max_length"):
+        _encoder(tiny_bert, minilm_tokenizer, max_length=4096)
+    with pytest.raises(ValueError, match="encoder.backend"):
+        _encoder(tiny_bert, minilm_tokenizer, backend="fp8")
+
+
+def test_offline_hub_failure_names_the_offline_config(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="predictor=minilm"):
+        TextEncoder("BAAI/bge-nonexistent-test-model")
