@@ -98,9 +98,9 @@ def oracle_gain_share(df: pd.DataFrame, mode: str, metric: str = "jct_mean_s") -
 def _fmt(v) -> str:
     if v is None or pd.isna(v):
         return "n/a"
-    if isinstance(v, float) and abs(v) < 1000 and v != int(v):
-        return f"{v:.3f}"
-    return f"{v:,.0f}" if isinstance(v, (int, float)) else str(v)
+    if isinstance(v, float) and not float(v).is_integer() or isinstance(v, float) and abs(v) < 1000:
+        return f"{v:,.3f}" if abs(v) < 1000 else f"{v:,.0f}"
+    return f"{int(v):,}" if isinstance(v, (int, float)) else str(v)
 
 
 def _pct(v) -> str:

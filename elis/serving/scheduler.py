@@ -268,8 +268,13 @@ class Scheduler:
             r = c if take_contender else top[1]  # type: ignore[index]
             need = r.num_context_tokens + self._max_new(r)
             if not self._fits(reserved + need, r):
-                if not continuing and not selected and not take_contender:
-                    self.buffer.remove(r)
+                if not continuing and not selected:  # cannot fit even on an empty worker
+                    if take_contender:
+                        i += 1
+                        self.running.remove(r)
+                    else:
+                        self.buffer.remove(r)
+                        self._uncache(r)
                     self._fail(r, f"needs {need} KV tokens > kv_capacity_tokens={self.kv_capacity_tokens}")
                     out.failed.append(r)
                     continue

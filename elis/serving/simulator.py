@@ -3,8 +3,9 @@
 Events live in a heap keyed ``(time_s, seq)`` with ``seq`` from ``itertools.count()``, so
 same-time events run in the order they were scheduled (FIFO) and runs are deterministic.
 Arrivals are read from the (sorted) ``RequestTable`` by a cursor instead of being pushed up
-front; at equal times heap events (window ends) go before arrivals, so a slot freed at ``t``
-is visible to a request arriving at ``t``. Requests are created at arrival and dropped after
+front; at equal times arrivals go before heap events, and an idle worker starts through a
+same-time ``kick`` event, so every request that arrives at ``t`` (or is freed by a window
+ending at ``t``) is in the buffer when the worker decides at ``t``. Requests are created at arrival and dropped after
 being recorded, so memory grows with ACTIVE requests plus one record row per finished one.
 
 Per arrival: the load balancer picks a worker (sticky); when it needs the step-0 prediction
@@ -39,7 +40,7 @@ from elis.serving.workers.sim import SimWorker
 
 log = logging.getLogger(__name__)
 
-_WINDOW_END, _ENQUEUE = 0, 1
+_WINDOW_END, _ENQUEUE, _KICK = 0, 1, 2
 
 
 @dataclass(slots=True)
@@ -181,12 +182,15 @@ class Simulator:
         arrivals = table.arrival_time_s
         n, i = len(table), 0
         while i < n or heap:
-            if heap and (i >= n or heap[0][0] <= arrivals[i]):
+            if heap and (i >= n or heap[0][0] < arrivals[i]):
                 t, _, kind, w, payload = heapq.heappop(heap)
                 self.num_events += 1
                 if kind == _WINDOW_END:
                     if payload == self._version[w]:
                         self._on_window_end(w, t)
+                elif kind == _KICK:
+                    if self._out[w] is None:
+                        self._start_window(w, t)
                 else:
                     self._enqueue(payload, w, t)
             else:
@@ -225,7 +229,9 @@ class Simulator:
         s = self.schedulers[w]
         s.add_request(r, now)
         if self._out[w] is None:
-            self._start_window(w, now)
+            # Deferred to an event at the same time, so that every request arriving at `now`
+            # is in the buffer before the idle worker decides.
+            self._push(now, _KICK, w, None)
         elif s.mode == "continuous" and s.num_free_slots > 0:
             self._cut_segment(w, now)
 
