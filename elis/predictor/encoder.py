@@ -266,11 +266,17 @@ class TextEncoder:
     def token_ids(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[int]]:
         """Truncated input ids with special tokens, one list per (prompt, response)."""
         tok = self.tokenizer
-        p_ids = tok(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
+        p_ids = (
+            tok(list(prompts), add_special_tokens=False, verbose=False)["input_ids"]
+            if prompts
+            else []
+        )
         nonempty = [i for i, r in enumerate(responses) if r]
         r_ids: list[list[int]] = [[] for _ in responses]
         if nonempty:
-            enc = tok([responses[i] for i in nonempty], add_special_tokens=False)["input_ids"]
+            enc = tok([responses[i] for i in nonempty], add_special_tokens=False, verbose=False)[
+                "input_ids"
+            ]
             for i, ids in zip(nonempty, enc):
                 r_ids[i] = ids
         out = []
