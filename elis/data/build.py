@@ -340,7 +340,6 @@ def build_dataset(
     all_lengths = np.concatenate([_col(written_pairs[s], "num_output_tokens") for s in split_names])
     manifest = {
         "name": out_dir.name,
-        "command": "python build_dataset.py " + (f"data={config['data'].get('name')}" if config and "data" in config else ""),
         "num_pairs": int(sum(d.num_rows for d in written_pairs.values())),
         "num_iterative_rows": int(sum(d.num_rows for d in written_iter.values())),
         "num_generators": len(set(gens)),

@@ -200,3 +200,14 @@ def test_alpaca_eval_real_counts(shared_data):
     assert len(pairs) + drops.total == 94_178
     assert len({p.generator for p in pairs}) == 117
     assert set(drops.counts) <= {"empty_response"}
+
+
+def test_jsonl_glob_and_list_of_paths(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [GOOD])
+    write_jsonl(tmp_path / "b.jsonl.gz", [GOOD | {"prompt_id": "p2"}])
+    pairs, _ = _read(JsonlSource(paths=str(tmp_path / "*.jsonl*")))
+    assert [p.prompt_id for p in pairs] == ["p1", "p2"]
+    pairs, _ = _read(JsonlSource(paths=[str(tmp_path / "b.jsonl.gz"), str(tmp_path / "a.jsonl")]))
+    assert [p.prompt_id for p in pairs] == ["p2", "p1"]
+    with pytest.raises(SourceError, match="matches no file"):
+        _read(JsonlSource(paths=str(tmp_path / "*.parquet")))

@@ -6,6 +6,7 @@ location (``file:line field=...``); nothing is dropped silently.
 
 from __future__ import annotations
 
+import glob
 import gzip
 import hashlib
 import io
@@ -124,7 +125,7 @@ def resolve_files(paths: str | Path | list, patterns: tuple[str, ...] = ("*.json
                 raise SourceError(f"folder {p} holds no {' or '.join(patterns)} file")
             files.extend(found)
         elif any(ch in str(item) for ch in "*?["):
-            found = sorted(Path(p.anchor or ".").glob(str(p.relative_to(p.anchor)) if p.anchor else str(p)))
+            found = sorted(Path(f) for f in glob.glob(str(item), recursive=True) if Path(f).is_file())
             if not found:
                 raise SourceError(f"glob {item!r} matches no file")
             files.extend(found)
