@@ -30,7 +30,7 @@ class RequestStatus(enum.IntEnum):
         return self >= RequestStatus.FINISHED
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # identity equality: `r in running` must not compare fields
 class Request:
     """One request, from arrival to finish.
 
