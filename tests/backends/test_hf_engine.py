@@ -56,10 +56,15 @@ def test_exactly_w_tokens_per_window(engine):
         assert len(o.token_times_s) == 50
         assert o.token_times_s == sorted(o.token_times_s)
     t = engine.last_timing
-    assert t.batch_size == 4 and t.prefill_tokens == sum(len(p) for p in PROMPTS.values())
-    assert t.prefill_padded_tokens == 4 * 11
-    assert len(t.decode_step_times_s) == 49 and t.decode_batch_sizes == [4] * 49
-    assert t.decode_context_tokens[0] == 12 and t.decode_context_tokens[-1] == 60
+    # prefill covers context[:-1]; step 0 feeds each prompt's last token and yields token 1
+    assert t.batch_size == 4 and t.prefill_tokens == 3 + 10 + 1 + 6
+    assert t.prefill_padded_tokens == 4 * 10
+    assert len(t.decode_step_times_s) == 50 and t.decode_batch_sizes == [4] * 50
+    assert t.decode_context_tokens[0] == 24 and t.decode_context_tokens[-1] == 24 + 49 * 4
+    # the next window resumes from kept KV: no prefill at all
+    engine.run_window([WindowItem(o.request_id, PROMPTS[o.request_id], tuple(o.new_token_ids), 5)
+                       for o in outs])
+    assert engine.last_timing.prefill_tokens == 0 and engine.num_kv_tokens == 24 + 4 * 54  # contexts minus their last token
 
 
 def test_resume_equals_uninterrupted_greedy(engine):
@@ -201,5 +206,28 @@ def test_hf_worker_drives_the_scheduler_with_preemption(engine):
         assert req.finish_reason == "length"
     assert sum(r.num_preemptions for r in done) > 0
     assert worker.stats.num_tokens == sum(lengths.values())
-    # prefix recompute: every window re-prefills; the scheduler's KV model asked for less
-    assert worker.stats.prefill_tokens > worker.stats.scheduler_prefill_tokens
+    # KV kept across windows and preemptions: only the prompts were prefilled (all but the
+    # last token, which the first decode step feeds)
+    assert worker.stats.scheduler_prefill_tokens == sum(len(PROMPTS[r]) for r in lengths)
+    assert worker.stats.prefill_tokens == worker.stats.scheduler_prefill_tokens - len(lengths)
+    assert engine.num_kv_tokens == 0  # finished requests release their KV
+
+
+@pytest.mark.parametrize("kv", [{"kv_keep": False}, {"max_kv_tokens": 30}])
+def test_recompute_and_eviction_give_the_same_tokens(tiny_llama, kv):
+    keep = HFWindowEngine(tiny_llama, eos_token_ids=[NEVER])
+    other = HFWindowEngine(tiny_llama, eos_token_ids=[NEVER], **kv)
+    gens = {r: [] for r in PROMPTS}
+    ref = {r: [] for r in PROMPTS}
+    for w, n in enumerate([7, 9, 4, 12]):
+        batch = list(PROMPTS)[w % 2:] if w < 3 else list(PROMPTS)
+        for eng, store in ((keep, ref), (other, gens)):
+            outs = eng.run_window([WindowItem(r, PROMPTS[r], tuple(store[r]), n) for r in batch])
+            for o in outs:
+                store[o.request_id] += o.new_token_ids
+    assert gens == ref
+    assert other.last_timing.prefill_tokens > 0
+    if "max_kv_tokens" in kv:
+        assert other.num_kv_evictions > 0 and other.num_kv_tokens <= 30
+    else:
+        assert other.num_kv_tokens == 0
