@@ -31,6 +31,14 @@ def _plt():
     return plt
 
 
+POLICY_COLORS = {"fcfs": "tab:blue", "sjf": "tab:orange", "isrtf": "tab:green", "srtf_oracle": "tab:red"}
+
+
+def _style(row) -> dict:
+    """Colour by policy, solid for windowed and dashed for continuous."""
+    return {"color": POLICY_COLORS.get(row["policy"]), "linestyle": "-" if row["mode"] == "windowed" else "--"}
+
+
 def _records(row) -> pd.DataFrame:
     return pd.read_parquet(Path(row["run_dir"]) / "requests.parquet")
 
@@ -43,8 +51,7 @@ def plot_jct_cdf(run_dir: str | Path, path: str | Path) -> Path:
     for _, row in df.iterrows():
         jct = np.sort(_records(row)["jct_s"].dropna().to_numpy())
         if jct.size:
-            ax.step(jct, np.arange(1, jct.size + 1) / jct.size, where="post", label=row["name"],
-                    linestyle="-" if row["mode"] == "windowed" else "--")
+            ax.step(jct, np.arange(1, jct.size + 1) / jct.size, where="post", label=row["name"], **_style(row))
     ax.set_xscale("log")
     ax.set_xlabel("JCT (s)")
     ax.set_ylabel("fraction of requests")
@@ -63,7 +70,8 @@ def plot_jct_by_bucket(run_dir: str | Path, path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for i, (_, row) in enumerate(df.iterrows()):
         vals = [row[f"jct_mean_s_{b}"] if row[f"jct_mean_s_{b}"] is not None else np.nan for b in buckets]
-        ax.bar(x + i * width, vals, width, label=row["name"])
+        ax.bar(x + i * width, vals, width, label=row["name"], color=_style(row)["color"],
+               hatch="" if row["mode"] == "windowed" else "//", edgecolor="white")
     ax.set_xticks(x + width * (len(df) - 1) / 2, [f"{b} (true length tercile)" for b in buckets])
     ax.set_ylabel("mean JCT (s)")
     ax.legend(fontsize=7)
@@ -103,9 +111,9 @@ def plot_jct_vs_rate(run_dir: str | Path, path: str | Path) -> Path:
     df = load_sweep(run_dir)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for name, g in df.groupby("name", sort=True):
-        style = "-" if g["mode"].iloc[0] == "windowed" else "--"
-        axes[0].plot(g["rate"], g["jct_mean_s"].astype(float), style, marker="o", label=name)
-        axes[1].plot(g["rate"], g["jct_p99_s"].astype(float), style, marker="o", label=name)
+        style = _style(g.iloc[0])
+        axes[0].plot(g["rate"], g["jct_mean_s"].astype(float), marker="o", label=name, **style)
+        axes[1].plot(g["rate"], g["jct_p99_s"].astype(float), marker="o", label=name, **style)
     for ax, t in zip(axes, ("mean JCT (s)", "p99 JCT (s)")):
         ax.set_xlabel("request rate (req/s, or trace time_scale)")
         ax.set_ylabel(t)
