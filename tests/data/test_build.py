@@ -188,3 +188,18 @@ def test_every_data_config_composes_and_builds_its_source(compose_cfg, name):
     assert cfg.data.window_tokens == 50 and cfg.data.num_steps == 8
     source = instantiate(cfg.data.source)
     assert hasattr(source, "iter_pairs") and hasattr(source, "provenance")
+
+
+@pytest.mark.slow
+def test_real_alpaca_eval_one_generator(shared_data, compose_cfg, tmp_path):
+    """data=alpaca_eval with the default SmolLM2 label tokenizer, one generator (805 pairs)."""
+    cfg = compose_cfg("build_dataset", ["data=alpaca_eval", f"paths.shared_data_dir={shared_data}",
+                                        "data.generators=[gpt4]"])
+    manifest = run(cfg)
+    pairs, iterative, _ = load_dataset_dir(tmp_path / "data" / "alpaca_eval")
+    assert manifest["num_pairs"] == 805 == sum(d.num_rows for d in pairs.values())
+    assert manifest["num_prompts"] == 805 and manifest["rows_per_generator"] == {"gpt4": 805}
+    assert manifest["filters"]["not_in_generators"] == 94_155 - 805
+    assert set(manifest["rows_per_step"]["train"]) == {str(k) for k in range(8)}
+    row = iterative["train"].filter(lambda r: r["step"] == 1).select([0])[0]
+    assert row["num_generated_tokens"] == 50 and row["num_remaining_tokens"] == row["num_output_tokens"] - 50
