@@ -42,7 +42,7 @@ class EmbeddingCache:
     def __init__(self, encoder: TextEncoder, cache_dir: str | Path | None) -> None:
         self.encoder = encoder
         self.dir = Path(cache_dir) / "embeddings" / encoder.cache_key if cache_dir else None
-        self._index: dict[str, int] = {}
+        self._index: dict[str, tuple[int, int]] = {}
         self._rows: list[np.ndarray] = []
         self._num_shards = 0
         self.num_hits = 0
@@ -60,20 +60,11 @@ class EmbeddingCache:
         return len(self._index)
 
     def _add(self, keys: list[str], emb: np.ndarray) -> None:
-        base = sum(len(r) for r in self._rows)
+        # Vectors stay in their chunks (no re-concatenation per call): index = (chunk, row).
+        chunk = len(self._rows)
         self._rows.append(np.asarray(emb, dtype=np.float32))
         for i, k in enumerate(keys):
-            self._index.setdefault(str(k), base + i)
-        self._matrix = None
-
-    def _all(self) -> np.ndarray:
-        if getattr(self, "_matrix", None) is None:
-            self._matrix = (
-                np.concatenate(self._rows)
-                if self._rows
-                else np.zeros((0, self.encoder.dim), np.float32)
-            )
-        return self._matrix
+            self._index.setdefault(str(k), (chunk, i))
 
     def embed(
         self, prompts: Sequence[str], responses: Sequence[str], progress: bool = False
@@ -99,8 +90,11 @@ class EmbeddingCache:
             self.num_computed += len(idx)
             self._add(list(missing), emb)
             self._save(list(missing), emb)
-        rows = np.fromiter((self._index[k] for k in keys), dtype=np.int64, count=len(keys))
-        return self._all()[rows] if len(keys) else np.zeros((0, self.encoder.dim), np.float32)
+        out = np.empty((len(keys), self.encoder.dim), dtype=np.float32)
+        for i, k in enumerate(keys):
+            chunk, row = self._index[k]
+            out[i] = self._rows[chunk][row]
+        return out
 
     def _save(self, keys: list[str], emb: np.ndarray) -> None:
         if self.dir is None:
