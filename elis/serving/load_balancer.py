@@ -8,8 +8,8 @@ requests 0, 1, 2, … in turn rather than all on worker 0).
 - ``RoundRobin``: worker ``i mod n`` for the i-th request.
 - ``LeastRequests``: fewest outstanding requests (waiting + running).
 - ``LeastPredictedTokens``: least predicted outstanding tokens (the ELIS paper's greedy
-  balancer, arXiv 2505.09142 §4: the sum of the latest predicted remaining tokens of a
-  worker's unfinished requests). Needs the request's step-0 prediction (``needs_prediction``).
+  balancer, arXiv 2505.09142 §4: the sum over a worker's unfinished requests of the latest
+  predicted remaining tokens minus the tokens generated since that prediction, floored at 0). Needs the request's step-0 prediction (``needs_prediction``).
 - ``PowerOfTwo``: two distinct workers drawn at random (``make_rng(seed, "load_balancer")``),
   the one with fewer outstanding requests wins (Mitzenmacher, IEEE TPDS 2001).
 """

@@ -62,6 +62,8 @@ class Request:
         num_preemptions: times it was not re-selected at a window boundary while unfinished.
         num_recomputed_tokens: prompt + generated tokens re-prefilled after its KV was dropped.
         kv_cached: whether its KV cache is resident on the worker.
+        load_tokens: its share of the worker's predicted outstanding tokens (latest prediction
+            minus tokens generated since; load balancing).
     """
 
     request_id: str
@@ -96,6 +98,7 @@ class Request:
     at_boundary: bool = True
     enqueue_time_s: float = 0.0
     max_wait_s: float = 0.0
+    load_tokens: float = 0.0
     sort_key: tuple = ()
     buffer_version: int = 0
     in_buffer: bool = False

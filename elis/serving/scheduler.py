@@ -156,6 +156,7 @@ class Scheduler:
         self.num_predictions = 0
         self.predictor_latency_total_s = 0.0
         self.scheduling_overhead_total_s = 0.0
+        # Σ over unfinished requests of (latest prediction − tokens generated since), for the LB
         self.predicted_outstanding_tokens = 0.0
 
     # ------------------------------------------------------------------ queries
@@ -184,7 +185,7 @@ class Scheduler:
         request.worker_id = self.worker_id
         if request.predicted_remaining_tokens is not None:
             request.needs_prediction = False
-            self.predicted_outstanding_tokens += request.predicted_remaining_tokens
+            self._set_load(request, request.predicted_remaining_tokens)
         if self.policy.uses_predictions and request.needs_prediction:
             self._pending.append(request)
         else:
@@ -236,9 +237,13 @@ class Scheduler:
         return latency_s
 
     def _set_prediction(self, r: Request, predicted: float) -> None:
-        old = r.predicted_remaining_tokens or 0.0
-        self.predicted_outstanding_tokens += predicted - old
+        self._set_load(r, predicted)
         r.record_prediction(predicted)
+
+    def _set_load(self, r: Request, tokens: float) -> None:
+        """Set ``r``'s share of ``predicted_outstanding_tokens`` (0 when finished/failed)."""
+        self.predicted_outstanding_tokens += tokens - r.load_tokens
+        r.load_tokens = tokens
 
     def _split_running(self) -> tuple[list[Request], list[Request]]:
         if not self.preemption:
@@ -376,6 +381,8 @@ class Scheduler:
                 r.output_token_ids.extend(res.new_token_ids)
                 r.partial_response += res.new_text
                 r.num_generated_tokens += n
+                if r.load_tokens:
+                    self._set_load(r, max(r.load_tokens - n, 0.0))
                 if r.first_token_time_s is None:
                     r.first_token_time_s = res.first_token_time_s
             r.add_run_interval(res.start_s, res.end_s)
@@ -400,13 +407,13 @@ class Scheduler:
         r.finish_time_s = t
         r.finish_reason = reason or "eos"
         r.kv_cached = False
-        self.predicted_outstanding_tokens -= r.predicted_remaining_tokens or 0.0
+        self._set_load(r, 0.0)
 
     def _fail(self, r: Request, reason: str) -> None:
         r.status = RequestStatus.FAILED
         r.fail_reason = reason
         r.kv_cached = False
-        self.predicted_outstanding_tokens -= r.predicted_remaining_tokens or 0.0
+        self._set_load(r, 0.0)
         log.warning("worker %d: request %s failed: %s", self.worker_id, r.request_id, reason)
 
     def fail_request(self, r: Request, reason: str) -> None:
