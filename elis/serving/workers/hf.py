@@ -714,3 +714,29 @@ class HFWorker:
         st.decode_time_s += sum(timing.decode_step_times_s)
         st.busy_time_s += time.perf_counter() - t0
         return results
+
+
+def build_hf_worker(worker_cfg: Any, worker_id: int, shared: tuple | None = None) -> tuple[HFWorker, tuple]:
+    """Factory for the composition root: an ``HFWorker`` from ``conf/worker/hf.yaml`` keys.
+
+    ``shared`` is the ``(model, tokenizer)`` of an earlier call: in-process workers share
+    one read-only model (each has its own engine and kept KV). Returns (worker, shared).
+    """
+    import torch
+
+    get = worker_cfg.get
+    if get("torch_threads"):
+        torch.set_num_threads(int(get("torch_threads")))
+    if shared is None:
+        m = get("model")
+        shared = load_causal_lm(m.get("name_or_path", SMOLLM2_HUB_ID), cache_dir=get("cache_dir", "cache"),
+                                gguf_package=m.get("gguf_package"), gguf_file=m.get("gguf_file"),
+                                dtype=m.get("dtype", "float32"), device=m.get("device", "cpu"))
+    model, tok = shared
+    s = get("sampling") or {}
+    engine = HFWindowEngine(
+        model, tok,
+        SamplingParams(float(s.get("temperature", 0.0)), float(s.get("top_p", 1.0)), int(s.get("seed", 0))),
+        kv_keep=bool(get("kv_keep", True)), max_kv_tokens=get("max_kv_tokens"),
+    )
+    return HFWorker(worker_id, engine), shared

@@ -1,0 +1,426 @@
+"""Wall-clock runner: the simulator's schedulers, balancer and records, on real workers.
+
+``run_variant(cfg, sched, table, prediction, cost_model, out_dir)`` is what
+``elis.experiments.run`` calls when ``worker.kind`` is not ``sim``. It serves the same
+``RequestTable`` with the same ``Scheduler`` / load balancer / ``RequestRecorder`` code as
+``elis.serving.simulator``, but time is ``time.perf_counter()`` since the run started:
+
+* arrivals are admitted when the clock passes ``arrival_time_s × worker.time_scale``;
+* each worker runs its windows in its own executor (a thread for ``cluster=local``, a Ray
+  actor for ``cluster=ray``, see ``elis.serving.workers.ray_worker``), so workers run
+  concurrently while the driver admits arrivals and makes decisions;
+* the predictor is called live between windows (``Scheduler.schedule``), on the text the
+  real model generated; its measured latency is recorded (``predictor_wall_s``) and, being
+  real time, delays the window that follows (no simulated charge);
+* continuous mode: a running segment cannot be cut from outside, so decode segments are
+  bounded by ``worker.continuous_max_steps`` decode steps, after which the scheduler
+  decides again (an arrival waits at most that many steps for a free slot);
+* faults: a worker whose window raises (a killed Ray actor: ``RayActorError``) is marked
+  dead; the requests of that window and of its buffer return to live workers with the
+  tokens confirmed by earlier windows (the failed window's tokens are discarded), and the
+  fault is reported in ``metrics.json`` (``faults``). Nothing is lost or duplicated: the
+  records pass ``check_invariants``.
+
+Outputs are the simulator's: ``requests.parquet`` and ``metrics.json`` (same summary keys,
+plus ``wall_s``, worker statistics and faults), so one report compares sim and real runs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from elis.serving.metrics import RequestRecorder, check_invariants, summarize
+from elis.serving.request import Request, RequestStatus
+
+log = logging.getLogger(__name__)
+
+
+class WorkerDied(RuntimeError):
+    """A worker stopped mid-window (real crash or injected fault)."""
+
+
+@dataclass(slots=True)
+class Fault:
+    worker_id: int
+    time_s: float
+    error: str
+    requeued_request_ids: list[str] = field(default_factory=list)
+
+
+class LocalWorkerHandle:
+    """Runs an in-process worker (e.g. ``HFWorker``) on its own thread.
+
+    ``kill()`` makes the window in flight (and any later one) fail with ``WorkerDied``
+    after it returns, which is how a crash is injected without Ray.
+    """
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+        self.worker_id = worker.worker_id
+        self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"worker{self.worker_id}")
+        self._killed = False
+
+    def submit(self, batch, start_s: float) -> cf.Future:
+        return self._pool.submit(self._run, batch, start_s)
+
+    def _run(self, batch, start_s: float):
+        res = self.worker.execute(batch, start_s)
+        if self._killed:
+            raise WorkerDied(f"worker {self.worker_id} was killed mid-window")
+        return res
+
+    def kill(self) -> None:
+        self._killed = True
+
+    def set_sampling_streams(self, streams: dict[str, str]) -> None:
+        self.worker.sampling_streams = dict(streams)
+
+    def stats(self) -> dict:
+        st = getattr(self.worker, "stats", None)
+        if st is None:
+            return {}
+        return {k: getattr(st, k) for k in st.__slots__}
+
+    def reset(self) -> None:
+        eng = getattr(self.worker, "engine", None)
+        if eng is not None:
+            eng._kv.clear()
+        self._killed = False
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+class WallClockRunner:
+    """Serve ``table`` on ``handles`` in real time (see the module docstring).
+
+    Args:
+        table: the workload (``elis.serving.simulator.RequestTable``).
+        schedulers: one ``Scheduler`` per worker (index = worker id).
+        handles: one handle per worker: ``submit(batch, start_s) -> Future``, ``kill()``.
+        load_balancer: assigns arrivals to live workers.
+        prediction: the live ``PredictionService`` (or None).
+        prompt_token_ids: per request row, the chat-templated prompt ids.
+        time_scale: arrival times are multiplied by it.
+        continuous_max_steps: decode steps per segment in continuous mode.
+        kill_worker: ``(worker_id, after_num_windows)``: kill that worker while its window
+            number ``after_num_windows`` (1-based) runs (fault injection), or None.
+    """
+
+    def __init__(self, table, schedulers, handles, load_balancer, prediction=None,
+                 prompt_token_ids: list[list[int]] | None = None, time_scale: float = 1.0,
+                 continuous_max_steps: int = 8, kill_worker: tuple[int, int] | None = None,
+                 recorder: RequestRecorder | None = None) -> None:
+        if load_balancer.needs_prediction and prediction is None:
+            raise ValueError(f"{type(load_balancer).__name__} needs predictions; got prediction=None")
+        if not time_scale > 0:
+            raise ValueError(f"worker.time_scale must be > 0, got {time_scale!r}")
+        self.table = table
+        self.schedulers = schedulers
+        self.handles = handles
+        self.lb = load_balancer
+        self.prediction = prediction
+        self.prompt_token_ids = prompt_token_ids
+        self.time_scale = float(time_scale)
+        self.continuous_max_steps = int(continuous_max_steps)
+        self.kill_worker = tuple(kill_worker) if kill_worker else None
+        self.recorder = recorder or RequestRecorder()
+        self.alive = [True] * len(schedulers)
+        self.faults: list[Fault] = []
+        self.active: dict[str, Request] = {}
+        self._inflight: dict[cf.Future, tuple[int, Any]] = {}
+        self._num_windows = [0] * len(schedulers)
+        self.schedule_wall_s = 0.0
+        self.frontend_predictor_wall_s = 0.0
+        self._t0 = 0.0
+
+    def now(self) -> float:
+        return time.perf_counter() - self._t0
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> tuple[Any, dict]:
+        """Serve every request; returns (records DataFrame, counters)."""
+        table = self.table
+        n = len(table)
+        arrivals = table.arrival_time_s * self.time_scale
+        i = 0
+        self._t0 = time.perf_counter()
+        while i < n or self._inflight or any(s.has_work for s, a in zip(self.schedulers, self.alive) if a):
+            t = self.now()
+            while i < n and arrivals[i] <= t:
+                self._on_arrival(i, float(arrivals[i]))
+                i += 1
+            for w, s in enumerate(self.schedulers):
+                if self.alive[w] and not self._busy(w) and s.has_work:
+                    self._start_window(w)
+            timeout = max(float(arrivals[i]) - self.now(), 0.0) if i < n else None
+            if not self._inflight:
+                if i < n:
+                    time.sleep(timeout)
+                    continue
+                if any(s.has_work for s, a in zip(self.schedulers, self.alive) if a):
+                    continue  # a decision produced no batch (e.g. all failed); decide again
+                break
+            done, _ = cf.wait(list(self._inflight), timeout=timeout, return_when=cf.FIRST_COMPLETED)
+            for fut in sorted(done, key=lambda f: self._inflight[f][0]):
+                self._on_window_end(fut)
+        wall_s = self.now()
+        df = self.recorder.to_frame()
+        # The real model decides each length, so the simulator's "generated exactly the true
+        # length" check does not apply (the dataset length stays in the records); every other
+        # invariant (none lost or duplicated, terminal, times ordered) does.
+        check_invariants(df.assign(true_num_output_tokens=-1),
+                         n if table.request_ids is None else list(table.request_ids))
+        return df, self._counters(wall_s)
+
+    def _busy(self, w: int) -> bool:
+        return any(v[0] == w for v in self._inflight.values())
+
+    def _live(self) -> list[int]:
+        return [w for w, a in enumerate(self.alive) if a]
+
+    def _on_arrival(self, i: int, arrival_s: float) -> None:
+        r = self.table.make_request(i)
+        r.arrival_time_s = arrival_s
+        if self.prompt_token_ids is not None:
+            r.prompt_token_ids = list(self.prompt_token_ids[i])
+            r.num_prompt_tokens = len(r.prompt_token_ids)
+        self.active[r.request_id] = r
+        if self.lb.needs_prediction:
+            t = time.perf_counter()
+            preds, _ = self.prediction.predict([r])
+            self.frontend_predictor_wall_s += time.perf_counter() - t
+            r.record_prediction(float(preds[0]))
+        live = self._live()
+        w = live[self.lb.select(r, [self.schedulers[j] for j in live])]
+        self.schedulers[w].add_request(r, self.now())
+
+    def _start_window(self, w: int) -> None:
+        s = self.schedulers[w]
+        t = time.perf_counter()
+        out = s.schedule(self.now())
+        self.schedule_wall_s += time.perf_counter() - t
+        for r in out.failed:
+            self._finalize(r)
+        if out.is_empty:
+            return
+        if s.mode == "continuous":
+            cap = self.continuous_max_steps
+            out.batch.max_steps = cap if out.batch.max_steps is None else min(cap, out.batch.max_steps)
+        fut = self.handles[w].submit(out.batch, self.now())
+        self._inflight[fut] = (w, out)
+        self._num_windows[w] += 1
+        if self.kill_worker and self.kill_worker == (w, self._num_windows[w]):
+            log.warning("fault injection: killing worker %d during its window %d", w, self._num_windows[w])
+            self.handles[w].kill()
+
+    def _on_window_end(self, fut: cf.Future) -> None:
+        w, out = self._inflight.pop(fut)
+        try:
+            results = fut.result()
+        except Exception as exc:  # a dead worker: Ray raises RayActorError, threads WorkerDied
+            self._on_fault(w, out, exc)
+            return
+        finished = self.schedulers[w].update(out, results, self.now())
+        for r in finished:
+            self._finalize(r)
+
+    def _finalize(self, r: Request) -> None:
+        if not r.status.is_terminal:
+            raise RuntimeError(f"request {r.request_id!r} finalised with status {r.status.name}")
+        self.recorder.add(r)
+        del self.active[r.request_id]
+
+    # ------------------------------------------------------------------ faults
+    def _on_fault(self, w: int, out, exc: Exception) -> None:
+        now = self.now()
+        self.alive[w] = False
+        s = self.schedulers[w]
+        orphans = list(out.scheduled) + [r for r in s.running if r not in out.scheduled]
+        orphans += s.buffer.requests() + list(s._pending)
+        fault = Fault(w, now, f"{type(exc).__name__}: {exc}"[:300], [r.request_id for r in orphans])
+        self.faults.append(fault)
+        log.error("worker %d failed at %.2f s (%s); requeueing %d requests", w, now, fault.error, len(orphans))
+        if not self._live():
+            raise RuntimeError(f"all workers failed; last fault: {fault.error}") from exc
+        for r in s.buffer.requests():
+            s.buffer.remove(r)
+        s.running, s._pending = [], []
+        s.predicted_outstanding_tokens = 0.0
+        for r in sorted(orphans, key=lambda r: (r.arrival_time_s, r.request_id)):
+            self._requeue(r, now)
+
+    def _requeue(self, r: Request, now: float) -> None:
+        """Give ``r`` (tokens confirmed so far) to a live worker's buffer as a resumed request.
+
+        The scheduler has no public "adopt a started request" call; this mirrors its
+        preemption path (``Scheduler._preempt``) with the KV marked absent, so the new
+        worker re-prefills prompt + confirmed tokens (counted in ``num_recomputed_tokens``).
+        """
+        live = self._live()
+        w = live[self.lb.select(r, [self.schedulers[j] for j in live])]
+        s = self.schedulers[w]
+        r.worker_id = w
+        r.status = RequestStatus.WAITING
+        r.kv_cached = False
+        r.at_boundary = True
+        r.in_buffer = False
+        if r.predicted_remaining_tokens is not None:
+            s.predicted_outstanding_tokens += r.predicted_remaining_tokens
+        if s.policy.uses_predictions and r.predicted_remaining_tokens is None:
+            r.needs_prediction = True
+            s._pending.append(r)
+        else:
+            r.sort_key = s.policy.sort_key(r)
+            s.buffer.push(r, now)
+
+    def _counters(self, wall_s: float) -> dict:
+        s = self.schedulers
+        return {
+            "wall_s": wall_s,
+            "num_decisions": sum(x.num_decisions for x in s),
+            "num_predictions": sum(x.num_predictions for x in s),
+            "num_preemptions": sum(x.num_preemptions for x in s),
+            "num_windows": int(sum(self._num_windows)),
+            "schedule_wall_s": self.schedule_wall_s,
+            "frontend_predictor_wall_s": self.frontend_predictor_wall_s,
+            "num_worker_faults": len(self.faults),
+            "faults": [
+                {"worker_id": f.worker_id, "time_s": f.time_s, "error": f.error,
+                 "num_requeued": len(f.requeued_request_ids), "requeued_request_ids": f.requeued_request_ids}
+                for f in self.faults
+            ],
+            "workers": {h.worker_id: h.stats() for h in self.handles},
+        }
+
+
+# ---------------------------------------------------------------------- composition
+_HANDLES: dict[tuple, list] = {}
+
+
+def _pool_key(cfg) -> tuple:
+    from omegaconf import OmegaConf
+
+    cluster = cfg.get("cluster") or {}
+    return (json.dumps(OmegaConf.to_container(cfg.worker, resolve=True), sort_keys=True),
+            json.dumps(OmegaConf.to_container(cluster, resolve=True) if cluster else {}, sort_keys=True),
+            int(cfg.num_workers))
+
+
+def build_handles(cfg) -> tuple[list, Any]:
+    """Worker handles for ``cfg.worker`` × ``cfg.num_workers`` (reused across the variants
+    of one run) and the tokenizer used for prompts."""
+    key = _pool_key(cfg)
+    if key in _HANDLES:
+        handles, tok = _HANDLES[key]
+        for h in handles:
+            h.reset()
+        if not any(getattr(h, "dead", False) for h in handles):
+            return handles, tok
+        del _HANDLES[key]  # an actor died in an earlier variant: start fresh ones
+    kind = cfg.worker.kind
+    cluster = cfg.get("cluster") or {}
+    ckind = cluster.get("kind", "local") if cluster else "local"
+    if kind not in ("hf",):
+        raise ValueError(f"worker.kind={kind!r} has no wall-clock backend here; valid: ['sim', 'hf'] "
+                         "(vllm: see elis.serving.workers.vllm_worker and scripts/vllm_smoke.sh)")
+    if ckind == "ray":
+        from elis.serving.workers.ray_worker import build_ray_handles
+
+        handles, tok = build_ray_handles(cfg)
+    elif ckind == "local":
+        from elis.serving.workers.hf import build_hf_worker
+
+        tok = None
+        handles = []
+        shared = None
+        for w in range(int(cfg.num_workers)):
+            worker, shared = build_hf_worker(cfg.worker, w, shared)
+            tok = worker.engine.tokenizer
+            handles.append(LocalWorkerHandle(worker))
+    else:
+        raise ValueError(f"cluster.kind={ckind!r} is not one of ['local', 'ray']")
+    _HANDLES[key] = (handles, tok)
+    return handles, tok
+
+
+def sampling_streams_of(out_dir: Path, table, replay: bool) -> dict[str, str]:
+    """``request_id → '<generator>/<prompt_id>'`` from the run's ``workload.parquet``, so the
+    HF worker's seeded sampling replays the answers ``elis.data.generate`` wrote (the oracle
+    then knows the real lengths). Empty when ``replay`` is False or the file lacks ids."""
+    import pandas as pd
+
+    if not replay:
+        return {}
+    for d in (out_dir, out_dir.parent, out_dir.parent.parent):
+        p = d / "workload.parquet"
+        if p.is_file():
+            wl = pd.read_parquet(p, columns=["request_id", "sample_id"])
+            out = {}
+            for rid, sid in zip(wl["request_id"], wl["sample_id"]):
+                parts = str(sid).split("/")
+                if len(parts) >= 3:  # '<source>/<prompt_id>/<generator>'
+                    out[rid] = f"{parts[-1]}/{'/'.join(parts[1:-1])}"
+            return out
+    return {}
+
+
+def run_variant(cfg, sched: dict, table, prediction, cost_model, out_dir: Path) -> dict:
+    """One scheduling variant on real workers; writes requests.parquet and metrics.json."""
+    import hydra.utils
+
+    from elis.experiments.run import _json_default, build_schedulers
+    from elis.serving.prediction import PredictionService
+    from elis.serving.workers.hf import encode_prompt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handles, tok = build_handles(cfg)
+    streams = sampling_streams_of(out_dir, table, bool(cfg.worker.get("replay_generation_streams", True)))
+    for h in handles:
+        h.set_sampling_streams(streams)
+    live = None
+    if prediction is not None:
+        # live predictions on the real generated text, with measured latency
+        live = PredictionService(prediction.predictor, cost_model, latency_source="measured",
+                                 window_tokens=int(cfg.window_tokens))
+    prompts = table.prompts or [""] * len(table)
+    prompt_ids = [encode_prompt(tok, p) for p in prompts]
+    schedulers = build_schedulers(sched, int(cfg.num_workers), int(cfg.max_batch_size), int(cfg.window_tokens),
+                                  cfg.worker.get("kv_capacity_tokens"), live, cost_model)
+    lb = hydra.utils.instantiate(cfg.load_balancer)
+    fault = cfg.get("cluster", {}).get("kill_worker") if cfg.get("cluster") else None
+    runner = WallClockRunner(
+        table, schedulers, handles, lb, live, prompt_ids,
+        time_scale=float(cfg.worker.get("time_scale", 1.0)),
+        continuous_max_steps=int(cfg.worker.get("continuous_max_steps", 8)),
+        kill_worker=(int(fault.worker_id), int(fault.after_windows)) if fault else None,
+        recorder=RequestRecorder(record_intervals=bool(cfg.record_intervals)),
+    )
+    records, counters = runner.run()
+    records.to_parquet(out_dir / "requests.parquet", index=False)
+    metrics = summarize(records)
+    metrics.update(counters)
+    if live is not None:
+        lat = live.predictor.latency
+        metrics["predictor_wall_s"] = lat.total_ms / 1e3
+        metrics["predictor_mean_ms_per_call"] = lat.mean_ms_per_call
+    metrics["num_replayed_streams"] = len(streams)
+    true = records["true_num_output_tokens"].to_numpy()
+    got = records["num_output_tokens"].to_numpy()
+    metrics["num_length_matches_dataset"] = int(np.sum(true == got))
+    metrics["variant"] = sched
+    metrics["worker_kind"] = cfg.worker.kind
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+    log.info("%s/%s on %s: jct_mean_s=%.3f p99=%.3f (%d requests, %.1f s wall, %d faults)",
+             sched["policy"], sched.get("mode"), cfg.worker.kind, metrics["jct_mean_s"] or float("nan"),
+             metrics["jct_p99_s"] or float("nan"), len(table), counters["wall_s"], len(runner.faults))
+    return metrics
