@@ -329,27 +329,37 @@ def build_handles(cfg) -> tuple[list, Any]:
     kind = cfg.worker.kind
     cluster = cfg.get("cluster") or {}
     ckind = cluster.get("kind", "local") if cluster else "local"
-    if kind not in ("hf",):
-        raise ValueError(f"worker.kind={kind!r} has no wall-clock backend here; valid: ['sim', 'hf'] "
-                         "(vllm: see elis.serving.workers.vllm_worker and scripts/vllm_smoke.sh)")
+    if kind not in ("hf", "vllm"):
+        raise ValueError(f"worker.kind={kind!r} has no wall-clock backend; valid: ['sim', 'hf', 'vllm', "
+                         "'vllm_priority']")
     if ckind == "ray":
         from elis.serving.workers.ray_worker import build_ray_handles
 
         handles, tok = build_ray_handles(cfg)
     elif ckind == "local":
-        from elis.serving.workers.hf import build_hf_worker
-
-        tok = None
-        handles = []
-        shared = None
+        handles, tok, shared = [], None, None
         for w in range(int(cfg.num_workers)):
-            worker, shared = build_hf_worker(cfg.worker, w, shared)
-            tok = worker.engine.tokenizer
+            worker, shared = build_worker(cfg.worker, w, shared)
+            tok = worker.engine.tokenizer if kind == "hf" else worker.tokenizer
             handles.append(LocalWorkerHandle(worker))
     else:
         raise ValueError(f"cluster.kind={ckind!r} is not one of ['local', 'ray']")
     _HANDLES[key] = (handles, tok)
     return handles, tok
+
+
+def build_worker(worker_cfg, worker_id: int, shared=None):
+    """One real worker for ``worker_cfg.kind`` ('hf' | 'vllm'); returns (worker, shared)."""
+    if worker_cfg.get("kind") == "vllm":
+        from elis.serving.workers.vllm_worker import build_vllm_worker
+
+        if int(worker_id) > 0 and shared is not None:
+            raise ValueError("worker=vllm with cluster=local runs one engine per process; "
+                             "use num_workers=1 or cluster=ray (one GPU per actor)")
+        return build_vllm_worker(worker_cfg, worker_id), True
+    from elis.serving.workers.hf import build_hf_worker
+
+    return build_hf_worker(worker_cfg, worker_id, shared)
 
 
 def sampling_streams_of(out_dir: Path, table, replay: bool) -> dict[str, str]:
@@ -383,6 +393,8 @@ def run_variant(cfg, sched: dict, table, prediction, cost_model, out_dir: Path) 
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.worker.kind == "vllm_priority":
+        return run_vllm_priority_variant(cfg, table, prediction, out_dir)
     handles, tok = build_handles(cfg)
     streams = sampling_streams_of(out_dir, table, bool(cfg.worker.get("replay_generation_streams", True)))
     for h in handles:
@@ -423,4 +435,41 @@ def run_variant(cfg, sched: dict, table, prediction, cost_model, out_dir: Path) 
     log.info("%s/%s on %s: jct_mean_s=%.3f p99=%.3f (%d requests, %.1f s wall, %d faults)",
              sched["policy"], sched.get("mode"), cfg.worker.kind, metrics["jct_mean_s"] or float("nan"),
              metrics["jct_p99_s"] or float("nan"), len(table), counters["wall_s"], len(runner.faults))
+    return metrics
+
+
+def run_vllm_priority_variant(cfg, table, prediction, out_dir: Path) -> dict:
+    """``worker=vllm_priority``: static SJF inside vLLM (``elis.serving.workers.vllm_worker``);
+    the scheduling variant is ignored (vLLM orders requests). Same records and summary."""
+    from elis.experiments.run import _json_default
+    from elis.serving.workers.hf import encode_prompt
+    from elis.serving.workers.vllm_worker import VLLMPriorityRunner, build_vllm_llm
+
+    if prediction is None:
+        raise ValueError("worker=vllm_priority needs a predictor (its first prediction is the priority)")
+    llm = build_vllm_llm(cfg.worker, scheduling_policy="priority")
+    tok = llm.get_tokenizer()
+    n = len(table)
+    reqs = [table.make_request(i) for i in range(n)]
+    prompt_ids = [encode_prompt(tok, r.prompt) for r in reqs]
+    preds, _ = prediction.predict(reqs)
+    for r, p, ids in zip(reqs, preds, prompt_ids):
+        r.record_prediction(float(p))
+        r.arrival_time_s *= float(cfg.worker.get("time_scale", 1.0))
+        r.num_prompt_tokens = len(ids)
+        r.worker_id = 0
+    s = cfg.worker.get("sampling") or {}
+    runner = VLLMPriorityRunner(llm, float(s.get("temperature", 0.0)), float(s.get("top_p", 1.0)),
+                                int(s.get("seed", 0)), int(cfg.max_tokens))
+    t0 = time.perf_counter()
+    runner.run(reqs, prompt_ids)
+    rec = RequestRecorder(record_intervals=bool(cfg.record_intervals))
+    rec.add_all(reqs)
+    df = rec.to_frame()
+    check_invariants(df.assign(true_num_output_tokens=-1), n)
+    df.to_parquet(out_dir / "requests.parquet", index=False)
+    metrics = summarize(df)
+    metrics.update({"wall_s": time.perf_counter() - t0, "worker_kind": "vllm_priority",
+                    "variant": {"policy": "vllm_priority_static_sjf"}})
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
     return metrics

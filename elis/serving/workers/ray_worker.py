@@ -42,10 +42,10 @@ class _ActorImpl:
     """The actor's body (wrapped with ``ray.remote`` in ``actor_class``)."""
 
     def __init__(self, worker_cfg: dict, worker_id: int) -> None:
-        from elis.serving.workers.hf import build_hf_worker
+        from elis.serving.wallclock import build_worker
 
         logging.basicConfig(level=logging.WARNING)
-        self.worker, _ = build_hf_worker(worker_cfg, worker_id)
+        self.worker, _ = build_worker(worker_cfg, worker_id)
 
     def execute(self, batch, start_s: float):
         return self.worker.execute(batch, start_s)
@@ -54,11 +54,13 @@ class _ActorImpl:
         self.worker.sampling_streams = dict(streams)
 
     def reset(self) -> None:
-        self.worker.engine._kv.clear()
+        eng = getattr(self.worker, "engine", None)
+        if eng is not None:
+            eng._kv.clear()
 
     def stats(self) -> dict:
-        st = self.worker.stats
-        return {k: getattr(st, k) for k in st.__slots__}
+        st = getattr(self.worker, "stats", None)
+        return {k: getattr(st, k) for k in st.__slots__} if st is not None else {}
 
     def pid(self) -> int:
         import os
@@ -132,7 +134,7 @@ def build_ray_handles(cfg) -> tuple[list[RayWorkerHandle], Any]:
     import ray
     from omegaconf import OmegaConf
 
-    from elis.serving.workers.hf import build_hf_worker
+    from elis.serving.wallclock import build_worker
 
     cluster = cfg.cluster
     if not ray.is_initialized():
@@ -145,9 +147,14 @@ def build_ray_handles(cfg) -> tuple[list[RayWorkerHandle], Any]:
         ray.init(**kw)
         log.info("ray: %s", ray.cluster_resources())
     worker_cfg = OmegaConf.to_container(cfg.worker, resolve=True)
-    local, _ = build_hf_worker(worker_cfg, -1)
-    tok = local.engine.tokenizer
-    del local
+    if worker_cfg.get("kind") == "vllm":  # the driver needs only the tokenizer
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(worker_cfg["model"]["name_or_path"])
+    else:
+        local, _ = build_worker(worker_cfg, -1)
+        tok = local.engine.tokenizer
+        del local
     cls = actor_class().options(num_cpus=float(cluster.get("num_cpus_per_worker", 1)),
                                 num_gpus=float(cluster.get("num_gpus_per_worker", 0)), max_restarts=0)
     handles = [RayWorkerHandle(cls.remote(worker_cfg, w), w) for w in range(int(cfg.num_workers))]
