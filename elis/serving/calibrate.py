@@ -18,6 +18,10 @@ It rewrites only those five numbers in the profile YAML (other keys and their co
 stay), and writes every measurement, the fit and its errors to ``--raw-out`` (JSON).
 Prompts are random token ids from ``elis.rng`` (timings do not depend on the values).
 Wall-clock timings on a shared machine are noisy: the load average is recorded with them.
+
+``python -m elis.serving.calibrate --fidelity REAL_RUN_DIR SIM_RUN_DIR`` compares a real run
+(``worker=hf``) with a simulated one (``worker=sim`` + the profile) on the same workload:
+per-request and mean JCT error per scheduling variant (``fidelity``).
 """
 
 from __future__ import annotations
@@ -136,6 +140,43 @@ def write_profile(path: str | Path, coeffs: dict, note: str) -> str:
     return text
 
 
+def fidelity(real_dir: str | Path, sim_dir: str | Path) -> dict:
+    """Per-request JCT error of a simulated run against a real one on the same workload.
+
+    Both folders hold ``requests.parquet`` (a single run) or ``variants/<name>/requests.parquet``
+    (``preset=compare``); variants are matched by name and requests by ``request_id``.
+    Returns, per variant: mean JCT real/sim, the relative error of the mean, the mean and
+    p90 per-request |relative error|, and the output-length agreement between the runs.
+    """
+    import pandas as pd
+
+    def runs(d: Path) -> dict[str, Path]:
+        d = Path(d)
+        if (d / "requests.parquet").is_file():
+            return {"run": d / "requests.parquet"}
+        return {p.parent.name: p for p in sorted((d / "variants").glob("*/requests.parquet"))}
+
+    real, sim = runs(real_dir), runs(sim_dir)
+    out: dict = {}
+    for name in sorted(set(real) & set(sim)):
+        a = pd.read_parquet(real[name]).set_index("request_id")
+        b = pd.read_parquet(sim[name]).set_index("request_id")
+        j = a[["jct_s", "num_output_tokens"]].join(b[["jct_s", "num_output_tokens"]], rsuffix="_sim", how="inner")
+        rel = (j["jct_s_sim"] - j["jct_s"]).abs() / j["jct_s"]
+        out[name] = {
+            "num_requests": int(len(j)),
+            "jct_mean_s_real": float(j["jct_s"].mean()),
+            "jct_mean_s_sim": float(j["jct_s_sim"].mean()),
+            "jct_mean_rel_err": float(abs(j["jct_s_sim"].mean() - j["jct_s"].mean()) / j["jct_s"].mean()),
+            "jct_per_request_abs_rel_err_mean": float(rel.mean()),
+            "jct_per_request_abs_rel_err_p90": float(rel.quantile(0.9)),
+            "num_same_output_length": int((j["num_output_tokens"] == j["num_output_tokens_sim"]).sum()),
+        }
+    if not out:
+        raise ValueError(f"no common runs between {real_dir} and {sim_dir}")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Entry point (see the module docstring); prints the fit and writes the files."""
     ap = argparse.ArgumentParser(description="Fit conf/cost_model from a real HF worker")
@@ -151,8 +192,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--prefill-grid", default="1x32,1x64,1x128,1x256,1x512,4x32,4x64,4x128")
     ap.add_argument("--decode-grid", default="1x64,1x256,1x512,2x64,2x256,4x64,4x256,4x512,8x64,8x256,16x64,16x256")
     ap.add_argument("--no-write", action="store_true", help="measure and print only")
+    ap.add_argument("--fidelity", nargs=2, metavar=("REAL_RUN_DIR", "SIM_RUN_DIR"),
+                    help="compare two run directories (no profiling)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    if a.fidelity:
+        res = fidelity(*a.fidelity)
+        print(json.dumps(res, indent=2))
+        return res
     import torch
 
     from elis.serving.workers.hf import HFWindowEngine, load_causal_lm

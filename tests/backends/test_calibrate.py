@@ -64,3 +64,19 @@ def test_measurements_on_tiny_model(tiny_llama):
     # steps 1..3 of a batch of 2 with 10-token prompts: context 2*(10+1..3)
     assert d[0]["num_context_tokens"] == np.mean([22, 24, 26]) and len(d[0]["all_s"]) == 3
     assert eng.num_kv_tokens == 0
+
+
+def test_fidelity_errors_by_hand(tmp_path):
+    import pandas as pd
+
+    from elis.serving.calibrate import fidelity
+
+    for d, jct in (("real", [10.0, 20.0, 40.0]), ("sim", [11.0, 18.0, 40.0])):
+        (tmp_path / d / "variants" / "fcfs").mkdir(parents=True)
+        pd.DataFrame({"request_id": ["a", "b", "c"], "jct_s": jct, "num_output_tokens": [5, 6, 7]}).to_parquet(
+            tmp_path / d / "variants" / "fcfs" / "requests.parquet")
+    f = fidelity(tmp_path / "real", tmp_path / "sim")["fcfs"]
+    assert f["jct_mean_s_real"] == pytest.approx(70 / 3) and f["jct_mean_s_sim"] == pytest.approx(23.0)
+    assert f["jct_mean_rel_err"] == pytest.approx(abs(23.0 - 70 / 3) / (70 / 3))
+    assert f["jct_per_request_abs_rel_err_mean"] == pytest.approx((0.1 + 0.1 + 0.0) / 3)
+    assert f["num_same_output_length"] == 3
