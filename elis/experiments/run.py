@@ -181,6 +181,9 @@ def run_variant(cfg: DictConfig, sched: dict, table: RequestTable, prediction, c
         from elis.serving import wallclock  # issue 5: real workers on the same scheduler
 
         return wallclock.run_variant(cfg, sched, table, prediction, cost_model, out_dir)
+    reveal = cfg.worker.get("text_reveal", "chars")
+    if reveal != "chars":
+        raise ValueError(f"worker.text_reveal={reveal!r} is not one of ['chars']")
     lb = hydra.utils.instantiate(cfg.load_balancer)
     t0 = time.perf_counter()
     res = simulate(
