@@ -133,7 +133,7 @@ def write_profile(path: str | Path, coeffs: dict, note: str) -> str:
             raise KeyError(f"{path}: key {key!r} not found; keep the profile's keys")
         text = pat.sub(lambda m, k=key: f"{m.group(1)}{coeffs[k]:.4g}    # calibrated", text, count=1)
     lines = [ln for ln in text.splitlines() if "UNCALIBRATED placeholder" not in ln
-             and not ln.startswith("# numbers are overwritten") and not ln.startswith("# Calibrated:")]
+             and not ln.startswith("# numbers with a least-squares fit") and not ln.startswith("# Calibrated:")]
     header = [f"# Calibrated: {ln}" for ln in note.splitlines()]
     text = "\n".join(header + lines) + "\n"
     Path(path).write_text(text)
