@@ -168,7 +168,9 @@ class GenerateSource:
             "generators": [asdict(g) for g in self.generators],
             "sampling": self.sampling_record(),
             "cache_files": [str(self.cache_path(g)) for g in self.generators],
-            "stats": asdict(self.stats),
+            # answers in each cache under these settings when provenance was taken
+            "num_cached_answers": {g.name: len(self.read_cache(g)) for g in self.generators},
+            "last_run": asdict(self.stats) if self.stats.num_generated else None,
         }
 
     # ------------------------------------------------------------------ steps

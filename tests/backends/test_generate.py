@@ -81,7 +81,8 @@ def test_answers_every_valid_prompt_and_counts_bad_rows(tiny_llama, prompt_file,
         assert r["sampling"] == {"temperature": 1.0, "top_p": 0.9, "seed": 3, "max_new_tokens": 30}
     assert {r["finish_reason"] for r in rows} == {"eos", "length"}
     prov = src.provenance()
-    assert prov["sampling"]["seed"] == 3 and prov["stats"]["num_generated"] == {"tiny": 4}
+    assert prov["sampling"]["seed"] == 3 and prov["last_run"]["num_generated"] == {"tiny": 4}
+    assert prov["num_cached_answers"] == {"tiny": 4}
 
 
 def test_resume_skips_finished_and_reanswers_torn(tiny_llama, prompt_file, tmp_path):
