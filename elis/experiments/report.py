@@ -60,7 +60,14 @@ def load_variants(run_dir: str | Path) -> pd.DataFrame:
                 **{k: m.get(k) for k in METRICS},
             }
         )
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    # windowed before continuous; policies in POLICY_NAMES order; unknown names last
+    from elis.serving.policy import POLICY_NAMES
+
+    order = {p: i for i, p in enumerate(POLICY_NAMES)}
+    df["_m"] = (df["mode"] != "windowed").astype(int)
+    df["_p"] = df["policy"].map(lambda p: order.get(p, len(order)))
+    return df.sort_values(["_m", "_p", "name"]).drop(columns=["_m", "_p"]).reset_index(drop=True)
 
 
 def _pick(df: pd.DataFrame, policy: str, mode: str) -> pd.Series | None:
