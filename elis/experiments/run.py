@@ -298,4 +298,24 @@ def run(cfg: DictConfig) -> dict:
         from elis.experiments.plots import plot_run
 
         plot_run(out_dir)
+    if cfg.get("wandb"):
+        log_to_wandb(cfg, out_dir, results)
     return results
+
+
+def log_to_wandb(cfg: DictConfig, out_dir: Path, results: dict) -> None:
+    """Log each variant's scalar metrics (prefixed ``<variant>/``) and the comparison table, if any."""
+    import wandb
+
+    w = cfg.wandb
+    run = wandb.init(
+        project=w.get("project", "elis"), mode=w.get("mode", "offline"), dir=str(out_dir),
+        name=w.get("name"), config=OmegaConf.to_container(cfg, resolve=True), job_type="run_experiment",
+    )
+    for name, m in results.items():
+        if isinstance(m, dict):
+            run.summary.update({f"{name}/{k}": v for k, v in m.items() if isinstance(v, (int, float))})
+    comp = out_dir / "comparison.csv"
+    if comp.exists():
+        run.log({"comparison": wandb.Table(dataframe=pd.read_csv(comp))})
+    run.finish()

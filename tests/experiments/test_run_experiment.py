@@ -103,3 +103,11 @@ def test_every_group_option_composes(group, compose_cfg):
         cfg = compose_cfg("run_experiment", [f"{group}={f.stem}"])
         if group in ("load_balancer", "cost_model"):
             hydra.utils.instantiate(cfg[group])
+
+
+def test_wandb_offline_logging(tiny, compose_cfg, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = compose_cfg("run_experiment", BASE + ["num_requests=6", "+wandb.project=elis-test", "+wandb.mode=offline"])
+    run(cfg)
+    assert list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))
