@@ -3,6 +3,7 @@
 # (ELIS: R² 0.852, MAE ~60 -> ~20 tokens over 8 steps). Trains only when the model folder is
 # missing (a CPU run: MiniLM encoder, 3-generator subset, one held-out generator; ~1 h here).
 # Usage: scripts/paper_a_predictor.sh   -> docs/figures/paper_a_predictor.png, outputs/paper/paper_a.md
+# ELIS_WANDB=1 also logs the run folder + figure to W&B (offline unless WANDB_MODE=online; `wandb sync` later).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
@@ -15,3 +16,4 @@ if [ ! -f "$MODEL/metrics.json" ]; then
     ablations.generator_conditioning=true trainer.max_epochs=20
 fi
 "$PY" -m elis.experiments.figures a "$MODEL/metrics.json" --png docs/figures/paper_a_predictor.png --md "$OUT/paper_a.md"
+if [ "${ELIS_WANDB:-0}" = 1 ]; then "$PY" -m elis.experiments.tracking "$MODEL" --name paper_a --figure docs/figures/paper_a_predictor.png; fi

@@ -3,6 +3,7 @@
 # (ELIS: near-linear, 18.77 req/s on 50 H100 workers), simulated with the H100/Llama-2-13B
 # profile, ISRTF and FCFS windowed, noisy-oracle predictor (elis/serving/bench.py, bisection).
 # Usage: scripts/paper_c_scalability.sh  -> docs/figures/paper_c_scalability.png, outputs/paper/paper_c.md
+# ELIS_WANDB=1 also logs the run folder + figure to W&B (offline unless WANDB_MODE=online; `wandb sync` later).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
