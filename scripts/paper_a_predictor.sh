@@ -16,4 +16,4 @@ if [ ! -f "$MODEL/metrics.json" ]; then
     ablations.generator_conditioning=true trainer.max_epochs=20
 fi
 "$PY" -m elis.experiments.figures a "$MODEL/metrics.json" --png docs/figures/paper_a_predictor.png --md "$OUT/paper_a.md"
-if [ "${ELIS_WANDB:-0}" = 1 ]; then "$PY" -m elis.experiments.tracking "$MODEL" --name paper_a --figure docs/figures/paper_a_predictor.png; fi
+if [ "${ELIS_WANDB:-0}" = 1 ]; then "$PY" -m elis.experiments.tracking "$MODEL" --name paper_a --dir "$OUT/a_wandb" --figure docs/figures/paper_a_predictor.png; fi

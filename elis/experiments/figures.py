@@ -126,7 +126,7 @@ def predictor_figure(metrics_json: str | Path, png: str | Path, md: str | Path |
         ours = name == "mlp_head"
         ax.plot(d["steps"], ys, marker="o" if ours else ".", linewidth=2.2 if ours else 1.0,
                 label=f"ours: {d['predictor']} + MLP" if ours else f"baseline: {name}",
-                color="tab:green" if ours else None, alpha=1.0 if ours else 0.7)
+                color="black" if ours else None, alpha=1.0 if ours else 0.7)
     last = max(d["steps"]) if d["steps"] else 7
     ax.plot([0, last], [PAPER["mae_step0_tokens"], PAPER["mae_last_step_tokens"]], "k*", markersize=11,
             label="paper (BGE, approx. endpoints)")

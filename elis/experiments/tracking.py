@@ -15,7 +15,7 @@ Mode: ``mode`` argument, else ``$WANDB_MODE``, else ``offline``. Files go to ``d
 else ``$WANDB_DIR``, else ``run_dir`` (W&B writes ``<dir>/wandb/offline-run-<time>-<id>/``);
 upload later with ``wandb sync <that folder>``.
 
-CLI: ``python -m elis.experiments.tracking RUN_DIR [--figure PNG ...] [--project elis] [--name N]``.
+CLI: ``python -m elis.experiments.tracking RUN_DIR [--figure PNG ...] [--project elis] [--name N] [--dir D]``.
 """
 
 from __future__ import annotations
@@ -160,9 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default=None)
     ap.add_argument("--mode", default=None, choices=["offline", "online", "disabled"])
     ap.add_argument("--figure", type=Path, nargs="*", default=[])
+    ap.add_argument("--dir", type=Path, default=None, help="where W&B writes wandb/ (default $WANDB_DIR or RUN_DIR)")
     a = ap.parse_args(sys.argv[1:] if argv is None else argv)
     for d in a.run_dir:
-        r = log_run_dir(d, project=a.project, name=a.name, mode=a.mode, figures=a.figure)
+        r = log_run_dir(d, project=a.project, name=a.name, mode=a.mode, dir=a.dir, figures=a.figure)
         print(f"{d}: {r.num_metrics} metrics, tables {r.tables}, {len(r.images)} images -> {r.path}")
         if r.mode == "offline":
             print(f"  upload later: wandb sync {r.path}")
