@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from elis.experiments.plots import POLICY_COLORS, _plt, _save, load_sweep
+from elis.experiments.plots import POLICY_COLORS, _plt, load_sweep
 from elis.experiments.report import load_variants
 
 PAPER: dict[str, float] = {
@@ -67,6 +67,16 @@ def _pct(new: Any, base: Any) -> float:
 
 def _p(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{x:+.1f}%"
+
+
+def _save(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Write a small PNG (README figures: dpi 100) and close the figure."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(p, dpi=dpi)
+    _plt().close(fig)
+    return p
 
 
 def _log_y(ax) -> None:
