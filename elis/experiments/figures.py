@@ -140,7 +140,7 @@ def predictor_figure(metrics_json: str | Path, png: str | Path, md: str | Path |
     last = max(d["steps"]) if d["steps"] else 7
     ax.plot([0, last], [PAPER["mae_step0_tokens"], PAPER["mae_last_step_tokens"]], "k*", markersize=11,
             label="paper (BGE, approx. endpoints)")
-    ax.set_xlabel(f"prediction step k (tokens generated = 50·k)")
+    ax.set_xlabel("prediction step k (tokens generated = 50·k)")
     ax.set_ylabel("MAE of remaining tokens")
     ax.set_title(f"(a) predictor on {d['data']} {split} split: R² {d['r2']:.3f} (paper {PAPER['r2']})", fontsize=10)
     ax.set_ylim(bottom=0)
