@@ -304,18 +304,12 @@ def run(cfg: DictConfig) -> dict:
 
 
 def log_to_wandb(cfg: DictConfig, out_dir: Path, results: dict) -> None:
-    """Log each variant's scalar metrics (prefixed ``<variant>/``) and the comparison table, if any."""
-    import wandb
+    """Log the finished run folder (config, metrics, comparison tables, plots) to W&B.
+
+    Offline by default (``wandb.mode``); sync later with ``wandb sync <out_dir>/wandb/...``.
+    """
+    from elis.experiments.tracking import log_run_dir
 
     w = cfg.wandb
-    run = wandb.init(
-        project=w.get("project", "elis"), mode=w.get("mode", "offline"), dir=str(out_dir),
-        name=w.get("name"), config=OmegaConf.to_container(cfg, resolve=True), job_type="run_experiment",
-    )
-    for name, m in results.items():
-        if isinstance(m, dict):
-            run.summary.update({f"{name}/{k}": v for k, v in m.items() if isinstance(v, (int, float))})
-    comp = out_dir / "comparison.csv"
-    if comp.exists():
-        run.log({"comparison": wandb.Table(dataframe=pd.read_csv(comp))})
-    run.finish()
+    log_run_dir(out_dir, project=w.get("project", "elis"), name=w.get("name"),
+                mode=w.get("mode", "offline"), dir=out_dir, job_type="run_experiment")
