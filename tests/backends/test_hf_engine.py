@@ -231,3 +231,19 @@ def test_recompute_and_eviction_give_the_same_tokens(tiny_llama, kv):
         assert other.num_kv_evictions > 0 and other.num_kv_tokens <= 30
     else:
         assert other.num_kv_tokens == 0
+
+
+def test_hf_worker_reports_tokens_without_eos(engine, tiny_llama):
+    from elis.serving.workers.base import WindowBatch
+    from elis.serving.workers.base import WindowItem as SeamItem
+    from elis.serving.workers.hf import HFWorker
+
+    full = _alone(engine, "b", 20).new_token_ids
+    eos = full[4]
+    stop = full.index(eos)
+    w = HFWorker(0, HFWindowEngine(tiny_llama, eos_token_ids=[eos]))
+    (res,) = w.execute(WindowBatch(0, [SeamItem("b", "", PROMPTS["b"], [], 20, 11, 11, 100)]), 5.0)
+    assert res.new_token_ids == full[:stop] and res.num_new_tokens == stop
+    assert res.finished and res.finish_reason == "eos"
+    assert res.end_s > res.token_times_s[-1] if stop else res.end_s >= 5.0  # EOS step timed
+    assert w.stats.num_tokens == stop + 1

@@ -630,8 +630,14 @@ class HFWorker:
     the measured ``time.perf_counter`` elapsed since ``execute`` began, so the worker serves a
     wall-clock runner (``start_s`` = now) and a measured-time event loop alike.
 
-    Every window recomputes the prefix of every item (see the module docstring), whatever
-    ``num_prefill_tokens`` says; the real prefill work is counted in ``stats``.
+    The engine keeps KV between windows (module docstring) whatever ``num_prefill_tokens``
+    says; the real prefill work is counted in ``stats``.
+
+    Token convention: the engine returns the EOS token it generated; the worker reports
+    tokens WITHOUT it (``num_new_tokens``, ``new_token_ids``), matching the dataset's
+    ``num_output_tokens`` (EOS excluded) and the simulator, while the EOS decode step's time
+    is included in ``end_s``. A request whose window only produced EOS reports 0 tokens,
+    finished 'eos'.
 
     Args:
         worker_id: the worker's id.
@@ -693,15 +699,19 @@ class HFWorker:
                 results.append(WindowResult(it.request_id, 0, start_s=start_s, end_s=start_s))
                 continue
             times = [start_s + (t - t0) for t in o.token_times_s]
+            end = times[-1] if times else start_s
+            ids = list(o.new_token_ids)
+            if o.finish_reason == FINISH_EOS:  # report content tokens; the EOS step's time stays
+                ids, times = ids[:-1], times[:-1]
             results.append(WindowResult(
                 request_id=it.request_id,
-                num_new_tokens=len(o.new_token_ids),
-                new_token_ids=list(o.new_token_ids),
+                num_new_tokens=len(ids),
+                new_token_ids=ids,
                 new_text=o.text,
                 finished=o.finished,
                 finish_reason=o.finish_reason,
                 start_s=start_s,
-                end_s=times[-1] if times else start_s,
+                end_s=end,
                 first_token_time_s=times[0] if times else None,
                 token_times_s=times,
             ))
