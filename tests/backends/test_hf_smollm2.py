@@ -35,7 +35,8 @@ def test_greedy_resume_and_batch_equal_uninterrupted(smollm2):
     for i, p in enumerate(ids):  # windows of 7 tokens, each next to a different partner
         gen: list[int] = []
         while True:
-            items = [WindowItem(str(i), p, tuple(gen), 7), WindowItem("x", ids[(i + len(gen)) % 3], (), 3)]
+            n = min(7, len(full[i].new_token_ids) - len(gen))
+            items = [WindowItem(str(i), p, tuple(gen), n), WindowItem("x", ids[(i + len(gen)) % 3], (), 3)]
             o = eng.run_window(items)[0]
             gen += o.new_token_ids
             if o.finished or len(gen) >= len(full[i].new_token_ids):
