@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import resource
 import subprocess
 import sys
@@ -29,6 +30,8 @@ import numpy as np
 
 from elis.config import CONFIG_DIR, PROJECT_ROOT
 from elis.rng import make_rng
+
+log = logging.getLogger(__name__)
 
 A100 = "a100_llama2_13b"
 
@@ -53,6 +56,10 @@ def sample_lengths(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
         o = np.asarray(test["num_output_tokens"])
         idx = rng.integers(0, len(p), n)
         return p[idx], o[idx], "alpaca_eval test split"
+    log.warning(
+        "data/alpaca_eval is not built: using SYNTHETIC log-normal request lengths "
+        "(build the real ones with `python build_dataset.py data=alpaca_eval`)"
+    )
     o = np.clip(rng.lognormal(np.log(200), 0.8, n), 1, None).astype(np.int64)
     p = np.clip(rng.lognormal(np.log(150), 0.7, n), 1, None).astype(np.int64)
     return p, o, "log-normal"
@@ -168,7 +175,7 @@ def max_rate_under_delay(num_workers: int, cost_model, target_s: float = 0.5, re
     the rough capacity estimate and doubles/halves until it straddles the target.
     """
     n = requests_per_worker * num_workers
-    _, o, _ = sample_lengths(min(n, 10_000), seed)
+    _, o, lengths = sample_lengths(min(n, 10_000), seed)
     guess = num_workers * capacity_rps(cost_model, float(np.mean(np.minimum(o, 1024))))
 
     def delay(rate: float) -> float:
@@ -184,13 +191,15 @@ def max_rate_under_delay(num_workers: int, cost_model, target_s: float = 0.5, re
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if delay(mid) < target_s else (lo, mid)
     return {"num_workers": num_workers, "max_rate_rps": lo, "queuing_delay_mean_s_at_rate": delay(lo),
-            "num_requests_per_probe": n, "policy": policy, "mode": mode, "predictor": predictor}
+            "num_requests_per_probe": n, "policy": policy, "mode": mode, "predictor": predictor,
+            "lengths": lengths}
 
 
 def scalability(workers: list[int], profile: str, **kw) -> list[dict]:
     cm = load_cost_model(profile)
     rows = []
-    print(f"profile {profile}: highest rate with mean queuing delay < 0.5 s")
+    print(f"profile {profile}: highest rate with mean queuing delay < 0.5 s; "
+          f"request lengths: {sample_lengths(1)[2]}")
     print(f"{'workers':>7} {'policy':>14} {'max req/s':>10} {'delay_s':>8} {'wall_s':>7}")
     for w in workers:
         for policy in kw.pop("policies", None) or ["fcfs", "isrtf"]:
