@@ -26,26 +26,10 @@ from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
 from elis.config import register_resolvers
+from elis.serving.cost_model import estimate_capacity_rps
 
 log = logging.getLogger(__name__)
 register_resolvers()
-
-
-def estimate_capacity_rps(
-    cost_model, mean_prompt_tokens: float, mean_output_tokens: float, max_batch_size: int
-) -> float:
-    """Requests/s one worker sustains with full batches (a rough, documented estimate).
-
-    One request costs a prefill of its prompt plus ``mean_output_tokens`` decode steps shared
-    by ``max_batch_size`` requests, at the mean context (prompt + half the output):
-    ``capacity = B / (prefill(P) + L * step(B, B * (P + L/2)))`` requests per second.
-    """
-    b = int(max_batch_size)
-    ctx = b * (mean_prompt_tokens + mean_output_tokens / 2)
-    per_request_s = cost_model.prefill_time_s(int(mean_prompt_tokens)) + mean_output_tokens * (
-        cost_model.decode_step_time_s(b, int(ctx))
-    )
-    return b / per_request_s
 
 
 def _stage_cfg(name: str, overrides: list[str], out_dir: Path) -> DictConfig:

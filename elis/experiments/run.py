@@ -132,6 +132,35 @@ def build_table(cfg: DictConfig) -> tuple[RequestTable, pd.DataFrame]:
     return table, wl
 
 
+def warn_if_overloaded(wl: pd.DataFrame, cost_model: CostModel, max_batch_size: int,
+                       num_workers: int) -> float | None:
+    """Log a warning when the offered load exceeds the capacity the cost model implies.
+
+    Offered rate = (N − 1) / (last − first arrival); capacity from
+    ``estimate_capacity_rps`` with the workload's mean prompt and output tokens, times the
+    number of workers. Above it the queue grows for the whole run and JCT reflects run length
+    more than scheduling. Returns the offered load as a fraction of capacity (None for < 2 requests).
+    """
+    from elis.serving.cost_model import estimate_capacity_rps
+
+    t = wl["arrival_time_s"].to_numpy(dtype=np.float64)
+    if len(t) < 2 or t[-1] <= t[0]:
+        return None
+    offered = (len(t) - 1) / (t[-1] - t[0])
+    capacity = num_workers * estimate_capacity_rps(
+        cost_model, float(wl["num_prompt_tokens"].mean()), float(wl["num_output_tokens"].mean()),
+        max_batch_size,
+    )
+    load = offered / capacity
+    msg = "offered load %.3f req/s = %.2f x the estimated capacity %.3f req/s (cost model %s, %d worker(s))"
+    if load > 1.0:
+        log.warning(msg + ": the queue grows for the whole run; lower the rate, raise time_scale "
+                    "or add workers", offered, load, capacity, cost_model.name, num_workers)
+    else:
+        log.info(msg, offered, load, capacity, cost_model.name, num_workers)
+    return load
+
+
 # ---------------------------------------------------------------------- one variant
 def build_schedulers(
     sched: dict, num_workers: int, max_batch_size: int, window_tokens: int,
@@ -281,6 +310,7 @@ def run(cfg: DictConfig) -> dict:
                 rcfg.workload.rate_rps = float(rate)
             rdir = out_dir / "rates" / f"{float(rate):g}"
         table, wl = build_table(rcfg)
+        warn_if_overloaded(wl, cost_model, int(rcfg.max_batch_size), int(rcfg.num_workers))
         rdir.mkdir(parents=True, exist_ok=True)
         wl.to_parquet(rdir / "workload.parquet", index=False)
         prediction = build_prediction(rcfg, cost_model, table)

@@ -102,3 +102,20 @@ class CostModel:
         if num_queries <= 0:
             return 0.0
         return self.predictor_base_s + self.predictor_per_query_s * num_queries
+
+
+def estimate_capacity_rps(
+    cost_model, mean_prompt_tokens: float, mean_output_tokens: float, max_batch_size: int
+) -> float:
+    """Requests/s one worker sustains with full batches (a rough, documented estimate).
+
+    One request costs a prefill of its prompt plus ``mean_output_tokens`` decode steps shared
+    by ``max_batch_size`` requests, at the mean context (prompt + half the output):
+    ``capacity = B / (prefill(P) + L * step(B, B * (P + L/2)))`` requests per second.
+    """
+    b = int(max_batch_size)
+    ctx = b * (mean_prompt_tokens + mean_output_tokens / 2)
+    per_request_s = cost_model.prefill_time_s(int(mean_prompt_tokens)) + mean_output_tokens * (
+        cost_model.decode_step_time_s(b, int(ctx))
+    )
+    return b / per_request_s
