@@ -67,6 +67,22 @@ def load_samples(data_dir: str | Path, split: str) -> pd.DataFrame:
     return df
 
 
+def select_generators(samples: pd.DataFrame, generators) -> pd.DataFrame:
+    """Keep only the rows answered by ``generators`` (all rows when it is None or empty).
+
+    Raises:
+        ValueError: a name not among the split's generators (lists the valid ones).
+    """
+    if not generators:
+        return samples
+    wanted = list(generators)
+    known = set(samples["generator"].unique())
+    unknown = [g for g in wanted if g not in known]
+    if unknown:
+        raise ValueError(f"generators={unknown} not in this split; valid: {sorted(known)}")
+    return samples[samples["generator"].isin(wanted)].reset_index(drop=True)
+
+
 def choose_rows(num_available: int, num_requests: int, rng: np.random.Generator) -> np.ndarray:
     """Indices of ``num_requests`` samples: seeded shuffles, concatenated (cycled) when more are needed."""
     reps = -(-num_requests // num_available)
@@ -112,7 +128,9 @@ def build_table(cfg: DictConfig) -> tuple[RequestTable, pd.DataFrame]:
         )
         prompts = responses = generators = None
     else:
-        samples = load_samples(Path(cfg.paths.data_dir) / cfg.data.name, cfg.split)
+        samples = select_generators(
+            load_samples(Path(cfg.paths.data_dir) / cfg.data.name, cfg.split), cfg.get("generators")
+        )
         rows = choose_rows(len(samples), n, make_rng(int(cfg.seed), "workload/requests"))
         s = samples.iloc[rows].reset_index(drop=True)
         wl = s[["sample_id", "num_prompt_tokens", "num_output_tokens"]].copy()

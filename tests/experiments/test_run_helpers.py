@@ -1,4 +1,4 @@
-"""Capacity estimate and the overload warning (hand-computed)."""
+"""Run helpers: capacity estimate, overload warning, generator filter (hand-computed)."""
 
 import logging
 
@@ -39,3 +39,13 @@ def test_overload_warns_and_scales_with_workers(caplog):
 
 def test_single_request_has_no_rate():
     assert warn_if_overloaded(_wl([3.0]), CM, max_batch_size=4, num_workers=1) is None
+
+
+def test_select_generators_filters_and_names_unknown():
+    from elis.experiments.run import select_generators
+
+    df = pd.DataFrame({"generator": ["a", "b", "a", "c"], "x": [1, 2, 3, 4]})
+    assert select_generators(df, None) is df
+    assert select_generators(df, ["a", "c"])["x"].tolist() == [1, 3, 4]
+    with pytest.raises(ValueError, match=r"\['zz'\].*valid: \['a', 'b', 'c'\]"):
+        select_generators(df, ["zz"])
