@@ -69,24 +69,24 @@ def _train_stage(cfg: DictConfig, run_dir: Path, manifest: dict) -> dict:
     return metrics
 
 
-def _experiment_stage(cfg: DictConfig, run_dir: Path, manifest: dict, overrides: list[str],
+def _experiment_stage(cfg: DictConfig, run_dir: Path, overrides: list[str],
                       load_factor: float, sub: str) -> tuple[dict, Path]:
     from hydra.utils import instantiate
+    from omegaconf import open_dict
 
+    from elis.experiments.run import load_samples
     from elis.experiments.run import run as exp_run
-
-    from elis.data.build import load_dataset_dir
 
     base = [f"data={cfg.data}", f"predictor={cfg.predictor}", f"seed={cfg.seed}"]
     ecfg = _stage_cfg("run_experiment", [*base, *overrides], run_dir / sub)
-    pairs, _, _ = load_dataset_dir(Path(ecfg.paths.data_dir) / ecfg.data.name)
-    split = pairs[ecfg.split]
-    mean_out = float(sum(split["num_output_tokens"]) / len(split))
-    mean_prompt = float(sum(split["num_prompt_tokens"]) / len(split))
-    cap = estimate_capacity_rps(instantiate(ecfg.cost_model), mean_prompt, mean_out,
-                                int(ecfg.max_batch_size)) * int(ecfg.num_workers)
+    split = load_samples(Path(ecfg.paths.data_dir) / ecfg.data.name, ecfg.split)
+    cap = estimate_capacity_rps(
+        instantiate(ecfg.cost_model), float(split["num_prompt_tokens"].mean()),
+        float(split["num_output_tokens"].mean()), int(ecfg.max_batch_size),
+    ) * int(ecfg.num_workers)
     rate = round(load_factor * cap, 4)
-    ecfg = _stage_cfg("run_experiment", [*base, *overrides, f"workload.rate_rps={rate}"], run_dir / sub)
+    with open_dict(ecfg):
+        ecfg.workload.rate_rps = rate
     log.info("%s: capacity ≈ %.3f req/s → rate %.3f req/s (load factor %.2f)", sub, cap, rate, load_factor)
     return exp_run(ecfg), Path(ecfg.paths.output_dir)
 
@@ -123,14 +123,14 @@ def main(cfg: DictConfig) -> None:
     pred = _train_stage(cfg, run_dir, manifest)
     print(_predictor_table(pred))
     print("[3/4] simulated comparison (all policies, windowed and continuous) ...")
-    _, sim_dir = _experiment_stage(cfg, run_dir, manifest, list(cfg.experiment),
+    _, sim_dir = _experiment_stage(cfg, run_dir, list(cfg.experiment),
                                    float(cfg.load_factor), "experiment")
     sim_md = (sim_dir / "comparison.md").read_text()
     print(sim_md)
     real_md = None
     if cfg.real_run:
         print("[4/4] short real run on SmolLM2 (worker=hf) ...")
-        _, real_dir = _experiment_stage(cfg, run_dir, manifest, list(cfg.real),
+        _, real_dir = _experiment_stage(cfg, run_dir, list(cfg.real),
                                         float(cfg.real_load_factor), "real")
         real_md = (real_dir / "comparison.md").read_text()
         print(real_md)

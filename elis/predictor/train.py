@@ -42,26 +42,14 @@ META_COLUMNS = (
 
 # ----------------------------------------------------------------------------- data
 def load_iterative(data_dir: str | Path, name: str):
-    """The ``iterative`` DatasetDict of dataset ``name``.
+    """The ``iterative`` DatasetDict of dataset ``name`` (via ``elis.data.build.load_dataset_dir``).
 
     Raises:
         FileNotFoundError: naming the folder and the command that builds it.
     """
-    root = Path(data_dir) / name
-    try:
-        from elis.data.build import load_dataset_dir  # the dataset helper's loader
+    from elis.data.build import load_dataset_dir
 
-        return load_dataset_dir(root)[1]
-    except ImportError:
-        pass
-    if not (root / "iterative").is_dir():
-        raise FileNotFoundError(
-            f"dataset folder {str(root / 'iterative')!r} does not exist; "
-            f"build it with: python build_dataset.py data={name}"
-        )
-    from datasets import load_from_disk
-
-    return load_from_disk(str(root / "iterative"))
+    return load_dataset_dir(Path(data_dir) / name)[1]
 
 
 def select_rows(ds_dict, subset: dict[str, Any], seed: int) -> tuple[dict[str, pd.DataFrame], dict]:
