@@ -13,7 +13,7 @@ the last line looks like say much about how much is left.
 
 Features (name: meaning):
   num_chars, num_words, num_lines, num_paragraphs (blank-line separated blocks),
-  num_sentences ([.!?] followed by space/end), num_numbered_items (lines "1." / "2)"),
+  num_sentences ([.!?] after a non-digit, then space/end), num_numbered_items (lines "1." / "2)"),
   last_item_number (largest list number at a line start, 0 if none), num_bullets
   (lines "- " / "* " / "• "), num_code_fences (```), in_code_block (odd fence count),
   num_headings (markdown "#" lines or "**Title**:" lines), num_table_rows (lines with ≥ 2 "|"),
@@ -44,7 +44,7 @@ STRUCTURAL_FEATURES: tuple[str, ...] = (
 _NUMBERED = re.compile(r"^\s*(\d{1,3})[.)]\s", re.MULTILINE)
 _BULLET = re.compile(r"^\s*[-*•]\s", re.MULTILINE)
 _HEADING = re.compile(r"^\s*(#{1,6}\s|\*\*[^*\n]{1,80}\*\*:?\s*$)", re.MULTILINE)
-_SENTENCE = re.compile(r"[.!?](\s|$)")
+_SENTENCE = re.compile(r"(?<=[^\d\s])[.!?](\s|$)")  # not list numbers "1. "
 _PARAGRAPH = re.compile(r"\n\s*\n")
 _CLOSING = re.compile(
     r"in conclusion|in summary|to summarize|to sum up|overall,|ultimately,|hope this helps|"
