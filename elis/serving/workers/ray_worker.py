@@ -42,7 +42,7 @@ class _ActorImpl:
     """The actor's body (wrapped with ``ray.remote`` in ``actor_class``)."""
 
     def __init__(self, worker_cfg: dict, worker_id: int) -> None:
-        from elis.serving.wallclock import build_worker
+        from elis.serving.runtime import build_worker
 
         logging.basicConfig(level=logging.WARNING)
         self.worker, _ = build_worker(worker_cfg, worker_id)
@@ -134,7 +134,7 @@ def build_ray_handles(cfg) -> tuple[list[RayWorkerHandle], Any]:
     import ray
     from omegaconf import OmegaConf
 
-    from elis.serving.wallclock import build_worker
+    from elis.serving.runtime import build_worker
 
     cluster = cfg.cluster
     if not ray.is_initialized():
