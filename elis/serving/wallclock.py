@@ -80,6 +80,16 @@ class LocalWorkerHandle:
     def kill(self) -> None:
         self._killed = True
 
+    def cancel(self, request_id: str, reason: str = "aborted") -> None:
+        """Abort ``request_id``'s item of the window in flight (the worker's ``cancel``)."""
+        cancel = getattr(self.worker, "cancel", None)
+        if cancel is not None:
+            cancel(request_id, reason)
+
+    @property
+    def max_context_tokens(self) -> int | None:
+        return getattr(self.worker, "max_context_tokens", None)
+
     def set_sampling_streams(self, streams: dict[str, str]) -> None:
         self.worker.sampling_streams = dict(streams)
 
