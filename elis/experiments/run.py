@@ -141,12 +141,32 @@ def build_table(cfg: DictConfig) -> tuple[RequestTable, pd.DataFrame]:
         arrival_time_s=arrivals,
         num_prompt_tokens=wl["num_prompt_tokens"].to_numpy(),
         num_output_tokens=wl["num_output_tokens"].to_numpy(),
-        max_tokens=int(cfg.max_tokens),
+        max_tokens=resolve_max_tokens(cfg),
         prompts=prompts,
         responses=responses,
         generators=generators,
     )
     return table, wl
+
+
+def resolve_max_tokens(cfg: DictConfig) -> int:
+    """``cfg.max_tokens``, or with ``max_tokens=null`` the model's context length
+    (``worker.max_context_tokens``): each request is then capped at the context its prompt
+    leaves by the scheduler's context rule.
+
+    Raises:
+        ValueError: ``max_tokens=null`` without ``worker.max_context_tokens``, or a value < 1.
+    """
+    v = cfg.get("max_tokens")
+    if v is None:
+        ctx = cfg.worker.get("max_context_tokens")
+        if ctx is None:
+            raise ValueError("max_tokens=null needs worker.max_context_tokens (the model's context length "
+                             "bounds each request); set max_tokens=<int> or worker.max_context_tokens=<int>")
+        v = ctx
+    if not int(v) >= 1:
+        raise ValueError(f"max_tokens must be an integer >= 1, got {v!r}")
+    return int(v)
 
 
 def warn_if_overloaded(wl: pd.DataFrame, cost_model: CostModel, max_batch_size: int,

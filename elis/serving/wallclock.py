@@ -344,10 +344,11 @@ class WallClockRunner:
         by_id = {res.request_id: res for res in results}
         for r in out.scheduled:
             reason = self._cancelled.pop(r.request_id, None)
-            if reason is not None and not r.status.is_terminal:
-                s.abort_request(r, reason)
-                self.num_cancelled += 1
-                self._finalize(r)
+            if reason is not None:  # the worker aborted it (FAILED by update) or it ended the window
+                if not r.status.is_terminal:
+                    s.abort_request(r, reason)
+                    self._finalize(r)
+                self.num_cancelled += r.status is RequestStatus.FAILED
                 continue
             if self.listener is not None and r.status is not RequestStatus.FAILED:
                 if self.listener.on_progress(r, by_id.get(r.request_id)):
@@ -396,6 +397,7 @@ class WallClockRunner:
             reason = self._cancelled.pop(r.request_id, None)
             if reason is not None:
                 s.fail_request(r, reason)
+                self.num_cancelled += 1
                 self._finalize(r)
                 continue
             self._requeue(r, now)
