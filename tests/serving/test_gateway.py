@@ -283,3 +283,35 @@ def _service():
     from elis.serving.prediction import PredictionService
 
     return PredictionService(_prompt_len(), None, latency_source="measured", window_tokens=W)
+
+
+def test_serve_config_composes_and_builds_a_gateway_over_remote_servers(model_tok, served, compose_cfg, tmp_path):
+    """``conf/serve.yaml`` + ``worker=remote`` (URL = the test backend) + ``sched=isrtf`` with the
+    prompt-length predictor: the composition root builds runtime and gateway; a request runs."""
+    from elis.serving.gateway import build_gateway, gateway_config
+    from elis.serving.runtime import SCHED_KEYS, _HANDLES, build_prediction_service, build_runtime
+
+    model, tok = model_tok
+    tok.save_pretrained(tmp_path / "tok")
+    cfg = compose_cfg("serve", ["worker=remote", f"worker.urls=[{served.url}]", "worker.model_name=tiny",
+                                f"worker.tokenizer={tmp_path / 'tok'}", "sched=isrtf", "predictor=prompt_length",
+                                "window_tokens=4", "load_balancer=least_predicted_tokens"])
+    sched = {k: v for k, v in cfg.sched.items() if k in SCHED_KEYS}
+    rt = build_runtime(cfg, sched, build_prediction_service(cfg, None, latency_source="measured"), None)
+    try:
+        assert rt.max_context_tokens == 512  # asked from the backend's /v1/models
+        gw, app = build_gateway(rt, gateway_config(cfg, rt))
+        assert gw.config.model_name == "tiny"
+        with ServerThread(app) as front:
+            import openai
+
+            c = openai.OpenAI(base_url=front.url + "/v1", api_key="none", max_retries=0)
+            r = c.completions.create(model="tiny", prompt="beta gamma", max_tokens=9)
+        gw.loop.close()
+        assert r.choices[0].text == reference(model, tok, "beta gamma", 9)[1]
+        # the arrival prediction is the load balancer's; isrtf re-predicts at the 4- and 8-token boundaries
+        assert rt.schedulers[0].num_predictions == 2
+    finally:
+        for h in rt.handles:
+            h.worker.close()
+        _HANDLES.clear()
