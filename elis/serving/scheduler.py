@@ -12,13 +12,18 @@ Modes (one class, ``mode=``):
 - ``windowed`` (the ELIS paper): called only when the worker is idle. All unfinished
   requests of the last window are back at a window boundary and compete with the buffer;
   the best ``max_batch_size`` run one window of up to ``window_tokens`` tokens each
-  (``stop_on_first=False``).
+  (``stop_on_first=False``). A running request is displaced only by the incumbent rule below.
 - ``continuous`` (vLLM-style; beyond the paper for ISRTF): called whenever a decode segment
   ends (some item finished or reached its window boundary) or a request arrives while a
   slot is free. Requests in the middle of a window keep their slot; only requests AT their
   window boundary (every ``window_tokens`` of their own tokens) can be displaced, and only by
   a waiting request whose key is lower by more than ``preemption_margin`` (so requests do
-  not ping-pong). Free slots are refilled by the policy key. Policies whose keys never change
+  not ping-pong). Free slots are refilled by the policy key.
+
+Incumbent rule (both modes, ``_incumbent_keeps``): a request at its boundary keeps its slot
+unless a waiting challenger is promoted (tier 0) or has ``key < incumbent_key −
+preemption_margin`` (strictly). Keys are compared WITHOUT the arrival/id tie-breakers: with
+the default margin 0 an equal key never preempts (issue 11 item 1), whoever arrived first. Policies whose keys never change
   (fcfs, sjf) without preemption run without boundaries (one segment to the end).
 
 Preemption and KV (``kv_capacity_tokens``, None = unlimited): a request not re-selected at
@@ -256,8 +261,8 @@ class Scheduler:
         self, contenders: list[Request], continuing: list[Request], now_s: float, out: SchedulerOutput
     ) -> tuple[list[Request], list[Request]]:
         """Fill free slots from at-boundary contenders (with margin) and the buffer."""
-        policy, margin = self.policy, self.preemption_margin
-        ranked = sorted(contenders, key=lambda r: _with_margin(policy.sort_key(r), margin))
+        policy = self.policy
+        ranked = sorted(contenders, key=policy.sort_key)
         free = self.max_batch_size - len(continuing)
         reserved = sum(r.num_context_tokens + self._max_new(r) for r in continuing)
         selected: list[Request] = []
@@ -267,9 +272,7 @@ class Scheduler:
             c = ranked[i] if i < len(ranked) else None
             if c is None and top is None:
                 break
-            take_contender = c is not None and (
-                top is None or (1, _with_margin(policy.sort_key(c), margin)) <= (top[0], top[1].sort_key)
-            )
+            take_contender = c is not None and (top is None or self._incumbent_keeps(c, top))
             r = c if take_contender else top[1]  # type: ignore[index]
             need = r.num_context_tokens + self._max_new(r)
             if not self._fits(reserved + need, r):
@@ -293,6 +296,19 @@ class Scheduler:
             selected.append(r)
         preempted = ranked[i:]
         return selected, preempted
+
+    def _incumbent_keeps(self, incumbent: Request, top: tuple[int, Request]) -> bool:
+        """Whether the at-boundary ``incumbent`` keeps its slot against the buffer's best.
+
+        The challenger displaces it only if promoted (tier 0) or if its key is lower by MORE
+        than ``preemption_margin``: ``challenger_key < incumbent_key − margin``. Equal keys
+        (margin 0) keep the incumbent, whatever the arrival order, so equal-key requests do
+        not ping-pong (and pay no pointless preemption/re-prefill).
+        """
+        tier, challenger = top
+        if tier == 0:
+            return False
+        return not challenger.sort_key[0] < self.policy.sort_key(incumbent)[0] - self.preemption_margin
 
     def _fits(self, reserved_tokens: int, r: Request | None) -> bool:
         """Whether ``reserved_tokens`` fit, dropping cached KV of waiting requests (worst first)."""
@@ -426,10 +442,3 @@ class Scheduler:
         if r in self._pending:
             self._pending.remove(r)
         self._fail(r, reason)
-
-
-def _with_margin(sort_key: tuple, margin: float) -> tuple:
-    """An incumbent's sort key, improved by ``margin`` key units."""
-    if not margin:
-        return sort_key
-    return (sort_key[0] - margin,) + tuple(sort_key[1:])
