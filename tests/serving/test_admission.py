@@ -37,3 +37,83 @@ def test_challenger_must_be_lower_by_more_than_margin(mode, margin, expected):
     res, _ = simulate(make_table([10, 4], [0.0, 0.1], ids=["A", "B"]),
                       make_schedulers("srtf_oracle", window_tokens=2, preemption_margin=margin, mode=mode))
     assert jcts(res) == pytest.approx(expected)
+
+
+def _short_jcts_item2(mode):
+    # Issue 11 item 2: batch 4, W=50, kv 20000, unit cost, FCFS. Running from t=0: 100, 200, 300
+    # and 2000 tokens. At 0.5 a 50,000-token prompt (never fits) arrives, then three 10-token
+    # requests at 0.6, 0.7, 0.8.
+    table = make_table([100, 200, 300, 2000, 5, 10, 10, 10], [0, 0, 0, 0, 0.5, 0.6, 0.7, 0.8],
+                       ids=["r100", "r200", "r300", "r2000", "huge", "s1", "s2", "s3"],
+                       num_prompt_tokens=[5, 5, 5, 5, 50_000, 5, 5, 5])
+    scheds = make_schedulers("fcfs", max_batch_size=4, window_tokens=50, kv_capacity_tokens=20_000, mode=mode)
+    return simulate(table, scheds, trace=True)
+
+
+def test_unschedulable_request_is_rejected_at_arrival_and_does_not_block_windowed():
+    # The huge one fails at 0.5. Windowed: r100 ends at 100 -> s1 runs 100..110 (its slot then
+    # idles to the window end 150); s2 150..160; r200 ends at 200 -> s3 200..210.
+    res, sim = _short_jcts_item2("windowed")
+    rec = res.records.set_index("request_id")
+    assert rec.loc["huge", "status"] == "FAILED"
+    assert "kv_capacity_tokens=20000" in rec.loc["huge", "fail_reason"]
+    assert ("reject", "huge", 0.5) in sim.trace
+    assert {k: rec.loc[k, "jct_s"] for k in ("s1", "s2", "s3")} == pytest.approx({"s1": 109.4, "s2": 159.3, "s3": 209.2})
+    assert res.counters["num_decisions"] >= 1
+
+
+def test_unschedulable_request_is_rejected_at_arrival_and_does_not_block_continuous():
+    # Continuous: s1 takes r100's slot at 100 (done 110), s2 110..120, s3 120..130.
+    res, _ = _short_jcts_item2("continuous")
+    rec = res.records.set_index("request_id")
+    assert rec.loc["huge", "status"] == "FAILED"
+    assert {k: rec.loc[k, "jct_s"] for k in ("s1", "s2", "s3")} == pytest.approx({"s1": 109.4, "s2": 119.3, "s3": 129.2})
+
+
+def test_request_that_fits_later_keeps_its_place_no_backfilling():
+    # batch 2, W=10, kv 100, FCFS windowed. A (prompt 5, 30 tok, t=0); B (prompt 80, 5 tok, t=1)
+    # needs 90 alone (fits an empty worker) but not next to A (A reserves 5+g+10 >= 25);
+    # C (prompt 5, 5 tok, t=2) would fit next to A but waits behind B (strict order): A 0..30,
+    # B 30..35 (B + C = 105 > 100), C 35..40.
+    table = make_table([30, 5, 5], [0, 1, 2], ids=["A", "B", "C"], num_prompt_tokens=[5, 80, 5])
+    res, _ = simulate(table, make_schedulers("fcfs", max_batch_size=2, window_tokens=10, kv_capacity_tokens=100))
+    assert jcts(res) == pytest.approx({"A": 30.0, "B": 34.0, "C": 38.0})
+    assert res.records.set_index("request_id").loc["C", "window_start_s"][0] == 35.0
+
+
+def test_balancer_counts_load_from_assignment_despite_predictor_latency():
+    # Issue 11 item 3: 2 workers, least_predicted_tokens, oracle, 0.08 s frontend predictor
+    # latency. One 5000-token and twenty 50-token requests at t=0: all 20 short ones avoid
+    # the long one's worker (20 x 50 = 1000 < 5000), as with zero latency.
+    from elis.predictor.simple import OraclePredictor
+    from elis.serving.cost_model import CostModel
+    from elis.serving.load_balancer import LeastPredictedTokens
+    from elis.serving.prediction import PredictionService
+
+    cm = CostModel(decode_base_s=1.0, predictor_base_s=0.08)
+    ids = ["L"] + [f"s{i}" for i in range(20)]
+    for latency in ("cost_model", "zero"):
+        pred = PredictionService(OraclePredictor(), cm, latency_source=latency)
+        res, _ = simulate(make_table([5000] + [50] * 20, ids=ids),
+                          make_schedulers("fcfs", 2, prediction=pred, max_batch_size=4, window_tokens=50),
+                          cost_model=cm, lb=LeastPredictedTokens(), prediction=pred)
+        w = dict(zip(res.records["request_id"], res.records["worker_id"]))
+        assert sum(w[f"s{i}"] != w["L"] for i in range(20)) == 20, latency
+
+
+def test_least_requests_counts_requests_in_transit():
+    # LeastRequests with a 0.5 s frontend predictor charge (the balancer needs no prediction, but
+    # an isrtf scheduler does; num_outstanding includes assigned-not-yet-added requests).
+    from elis.serving.load_balancer import LeastRequests
+
+    from elis.serving.scheduler import Scheduler
+    from elis.serving.policy import SchedulingPolicy
+    from elis.serving.request import Request
+
+    s = Scheduler(0, SchedulingPolicy("fcfs"))
+    r = Request("a", "", 0.0, 5, 10)
+    r.record_prediction(40.0)
+    s.assign(r)
+    assert s.num_outstanding == 1 and s.predicted_outstanding_tokens == 40.0
+    assert LeastRequests().select(Request("b", "", 0.0, 5, 10), [s, Scheduler(1, SchedulingPolicy("fcfs"))]) == 1
+    assert s.add_request(r, 0.5) and s.num_outstanding == 1 and s.predicted_outstanding_tokens == 40.0
