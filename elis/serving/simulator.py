@@ -269,9 +269,9 @@ class Simulator:
 
     def _cut_segment(self, w: int, now: float) -> None:
         """Continuous mode: end the running segment at the first step boundary >= now."""
-        out, res = self._out[w], self._res[w]
-        planned = res[0].num_new_tokens if res else 0
+        out = self._out[w]
         batch = out.batch  # type: ignore[union-attr]
+        planned = self.workers[w].segment_steps(batch)
         t0 = self._start[w] + self.cost_model.prefill_time_s(batch.num_prefill_tokens)
         ctx = sum(it.num_context_tokens for it in batch.items)
         m = max(self.cost_model.steps_within_s(len(batch.items), ctx, now - t0), 1)

@@ -247,3 +247,35 @@ def test_hf_worker_reports_tokens_without_eos(engine, tiny_llama):
     assert res.finished and res.finish_reason == "eos"
     assert res.end_s > res.token_times_s[-1] if stop else res.end_s >= 5.0  # EOS step timed
     assert w.stats.num_tokens == stop + 1
+
+
+def test_tpot_counts_the_eos_step_on_the_hf_worker(tiny_llama):
+    # Issue 11 item 10: k content tokens + EOS, every decode step 2.0 clock units (the fake
+    # clock advances 1.0 per read; the engine reads it twice per step). TPOT must be 2.0 exactly
+    # (it was 2.0·k/(k−1) when the EOS step's time was divided by k−1 tokens), and the recorded
+    # finish is the end of the EOS step.
+    import itertools
+
+    from elis.serving.metrics import RequestRecorder
+    from elis.serving.policy import SchedulingPolicy
+    from elis.serving.request import Request
+    from elis.serving.scheduler import Scheduler
+    from elis.serving.workers.hf import HFWorker
+
+    full = _alone(HFWindowEngine(tiny_llama, eos_token_ids=[NEVER]), "b", 20).new_token_ids
+    k = next(j for j in range(3, 20) if full.index(full[j]) == j)  # first new id at j >= 3
+    ticks = itertools.count()
+    eng = HFWindowEngine(tiny_llama, eos_token_ids=[full[k]], clock=lambda: float(next(ticks)))
+    worker = HFWorker(0, eng)
+    s = Scheduler(0, SchedulingPolicy("fcfs"), max_batch_size=1, window_tokens=50)
+    r = Request("b", "", 0.0, len(PROMPTS["b"]), max_tokens=100, prompt_token_ids=PROMPTS["b"])
+    s.add_request(r, 0.0)
+    out = s.schedule(0.0)
+    res = worker.execute(out.batch, 0.0)
+    assert s.update(out, res, res[0].end_s) == [r]
+    rec = RequestRecorder()
+    rec.add(r)
+    row = rec.to_frame().iloc[0]
+    assert row["num_output_tokens"] == k and row["num_decode_steps"] == k + 1 and row["finish_reason"] == "eos"
+    assert row["finish_time_s"] - row["first_token_time_s"] == pytest.approx(2.0 * k)
+    assert row["tpot_s"] == pytest.approx(2.0)

@@ -60,9 +60,9 @@ def test_abort_finished_is_a_no_op():
     a.true_num_output_tokens = 3
     s.add_request(a, 0.0)
     out = s.schedule(0.0)
-    assert s.update(out, worker.execute(out.batch, 0.0), 3.0) == [a]
-    assert not s.abort_request(a, "late cancel", 4.0)
-    assert a.status is RequestStatus.FINISHED and a.fail_reason is None and a.finish_time_s == 3.0
+    assert s.update(out, worker.execute(out.batch, 0.0), 4.0) == [a]  # 3 tokens + the EOS step
+    assert not s.abort_request(a, "late cancel", 5.0)
+    assert a.status is RequestStatus.FINISHED and a.fail_reason is None and a.finish_time_s == 4.0
     s.check_idle()
 
 
