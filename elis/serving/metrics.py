@@ -131,8 +131,9 @@ def decode_steps(num_output_tokens: int, finish_reason: str | None) -> int:
 
 
 def fail_reason_kind(reason: str | None) -> str:
-    """A failure reason with its numbers replaced by ``N`` (one entry per kind of failure)."""
-    return re.sub(r"\d+(?:\.\d+)?", "N", str(reason or "unknown"))
+    """A failure reason with its free numbers replaced by ``N`` (one entry per kind of failure);
+    settings written ``key=value`` keep their value (``kv_capacity_tokens=20000``)."""
+    return re.sub(r"(?<![=\w.])\d+(?:\.\d+)?", "N", str(reason or "unknown"))
 
 
 def length_bucket_edges(true_num_output_tokens: np.ndarray) -> tuple[float, float]:
@@ -160,7 +161,7 @@ def summarize(records: pd.DataFrame, bucket_edges: tuple[float, float] | None = 
         "num_finished": int(len(fin)),
         "num_failed": int((records["status"] == RequestStatus.FAILED.name).sum()),
     }
-    failed = records[records["status"] == RequestStatus.FAILED.name]
+    failed = records[records["status"] == RequestStatus.FAILED.name]  # counted, never in latencies
     kinds = failed["fail_reason"].map(fail_reason_kind).value_counts()
     out["fail_reasons"] = {str(k): int(v) for k, v in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))}
     out["num_ttft_undefined"] = int(np.isnan(fin["ttft_s"].to_numpy(dtype=np.float64)).sum())

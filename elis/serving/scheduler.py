@@ -71,7 +71,7 @@ from typing import Protocol
 import numpy as np
 
 from elis.serving.buffer import PriorityBuffer
-from elis.serving.metrics import InvariantError
+from elis.serving.metrics import InvariantError, fail_reason_kind
 from elis.serving.policy import SchedulingPolicy
 from elis.serving.request import Request, RequestStatus
 from elis.serving.workers.base import WindowBatch, WindowItem, WindowResult
@@ -189,6 +189,7 @@ class Scheduler:
         # Σ over unfinished requests of (latest prediction − tokens generated since), for the LB
         self.predicted_outstanding_tokens = 0.0
         self._peak_load_tokens = 0.0  # scale of the float tolerance in check_idle
+        self._failure_kinds_logged: set[str] = set()
 
     # ------------------------------------------------------------------ queries
     @property
@@ -595,7 +596,10 @@ class Scheduler:
         r.fail_time_s = now_s
         r.kv_cached = False
         self._set_load(r, 0.0)
-        log.warning("worker %d: request %s failed: %s", self.worker_id, r.request_id, reason)
+        kind = fail_reason_kind(reason)  # warn once per kind of failure; the summary counts them all
+        level = logging.DEBUG if kind in self._failure_kinds_logged else logging.WARNING
+        self._failure_kinds_logged.add(kind)
+        log.log(level, "worker %d: request %s failed: %s", self.worker_id, r.request_id, reason)
 
     def fail_request(self, r: Request, reason: str, now_s: float | None = None) -> None:
         """Fail ``r`` from outside; same as ``abort_request`` (kept for callers of the old name)."""
