@@ -92,9 +92,11 @@ def test_runner_cancel_queued_running_and_finished(model_tok):
     assert runner.cancel("b", "cancelled: test") == "queued"
     assert b.status is RequestStatus.FAILED and b.fail_reason == "cancelled: test"
     assert runner.cancel("a", "cancelled: test") == "running"
-    _run_until(runner, lambda: a.status.is_terminal)
-    # the abort reached the engine: the window stopped long before its 400 tokens
+    # failed and out of the scheduler at once; the in-flight window's result is discarded
     assert a.status is RequestStatus.FAILED and a.fail_reason == "cancelled: test"
+    assert rt.schedulers[0].running == [] and "a" not in runner.active
+    _run_until(runner, lambda: not runner._inflight)
+    # the abort reached the engine: the window stopped long before its 400 tokens
     assert rt.handles[0].worker.stats.num_tokens < 400 and engine._cancelled == {}
     assert runner.cancel("a") == "done" and a.fail_reason == "cancelled: test"
     runner.submit(c)
