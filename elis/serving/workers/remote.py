@@ -43,15 +43,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from elis.serving.workers.base import WindowBatch, WindowItem, WindowResult
+from elis.serving.workers.base import WindowBatch, WindowItem, WindowResult, WorkerDied
 
 log = logging.getLogger(__name__)
 
 RESUME_MODES = ("token_ids", "text")
-
-
-class WorkerDied(RuntimeError):
-    """The server is unreachable or failed (5xx): the whole worker is treated as crashed."""
 
 
 class ItemRejected(ValueError):
