@@ -102,6 +102,13 @@ class LocalWorkerHandle:
     def set_sampling_streams(self, streams: dict[str, str]) -> None:
         self.worker.sampling_streams = dict(streams)
 
+    def set_token_listener(self, fn) -> bool:
+        """Stream ``(request_id, token_id)`` as the worker generates (False: not supported)."""
+        if not hasattr(self.worker, "token_listener"):
+            return False
+        self.worker.token_listener = fn
+        return True
+
     def stats(self) -> dict:
         st = getattr(self.worker, "stats", None)
         if st is None:
@@ -411,7 +418,10 @@ class WallClockRunner:
                     self._finalize(r)
                 return
             raise RuntimeError(f"all workers failed; last fault: {fault.error}") from exc
+        rollback = getattr(self.listener, "on_rollback", None)
         for r in sorted(orphans, key=lambda r: (r.arrival_time_s, r.request_id)):
+            if rollback is not None:
+                rollback(r)
             self._requeue(r, now)
 
     def _requeue(self, r: Request, now: float) -> None:
