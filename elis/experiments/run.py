@@ -100,12 +100,14 @@ def make_arrivals(wl: DictConfig, num_requests: int, seed: int) -> tuple[np.ndar
     rng = make_rng(seed, "arrivals")
     kind = wl.kind
     if kind == "gamma":
-        return wlmod.gamma_arrivals(num_requests, wl.rate_rps, wl.cv, rng), None
+        return wlmod.gamma_arrivals(num_requests, float(wl.rate_rps), float(wl.cv), rng), None
     if kind == "poisson":
-        return wlmod.poisson_arrivals(num_requests, wl.rate_rps, rng), None
+        return wlmod.poisson_arrivals(num_requests, float(wl.rate_rps), rng), None
     if kind == "trace":
+        # Rows are sorted by time before the first start_row + N are taken (read_trace).
         start = int(wl.get("start_row", 0))
-        df = wlmod.load_trace(wl.path, time_scale=wl.time_scale, max_rows=start + num_requests)
+        df = wlmod.load_trace(wl.path, time_scale=wl.time_scale, max_rows=start + num_requests,
+                              time_unit=wl.get("time_unit", "auto"), format=wl.get("format", "auto"))
         df = df.iloc[start : start + num_requests].reset_index(drop=True)
         if len(df) < num_requests:
             raise ValueError(f"trace {wl.path} has {len(df)} rows from start_row={start}; need {num_requests}")
