@@ -33,7 +33,7 @@ from elis.rng import make_rng
 from elis.serving.cost_model import CostModel
 from elis.serving.metrics import RequestRecorder, summarize
 from elis.serving.policy import SchedulingPolicy
-from elis.serving.prediction import PredictionService
+from elis.serving.prediction import PredictionService, predictor_stats
 from elis.serving.scheduler import Scheduler
 from elis.serving.simulator import RequestTable, Simulator
 
@@ -248,6 +248,8 @@ def run_variant(cfg: DictConfig, sched: dict, table: RequestTable, prediction, c
     metrics["sim_wall_s"] = res.counters["wall_s"]
     metrics["sim_requests_per_wall_s"] = len(table) / max(res.counters["wall_s"], 1e-9)
     metrics["variant"] = sched
+    if prediction is not None:
+        metrics.update(predictor_stats(prediction.predictor))  # e.g. embedding.num_truncated
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
     log.info(
         "%s/%s: jct_mean_s=%.3f p99=%.3f (%d requests, %.2f s wall)", sched["policy"], sched.get("mode"),
