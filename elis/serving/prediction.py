@@ -65,6 +65,18 @@ def predictor_reads_text(predictor: LengthPredictor) -> bool:
     return predictor.name not in TEXT_FREE_PREDICTORS
 
 
+def predictor_stats(predictor: LengthPredictor | None) -> dict:
+    """What the predictor reports about its own work, for ``metrics.json`` (``{}`` if nothing).
+
+    A predictor with a text encoder returns ``{"embedding": {num_texts, num_tokens,
+    num_truncated, seconds, ..., cache_hits, cache_computed, cache_key}}`` from its ``stats()``
+    method (the same block ``train.py`` writes), so every run that predicts records how many
+    encoder inputs were truncated.
+    """
+    fn = getattr(predictor, "stats", None)
+    return dict(fn()) if callable(fn) else {}
+
+
 class PredictionService:
     """Batched predictions for requests, with simulated-latency accounting.
 
