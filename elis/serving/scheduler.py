@@ -620,6 +620,9 @@ class Scheduler:
         r.finish_reason = reason or "eos"
         r.kv_cached = False
         self._set_load(r, 0.0)
+        observe = getattr(self.predictor, "observe_finished", None)
+        if observe is not None:  # online generator statistics (predictor=gbdt)
+            observe(r)
 
     def _fail(self, r: Request, reason: str, now_s: float | None = None) -> None:
         r.status = RequestStatus.FAILED

@@ -485,6 +485,7 @@ def sampling_streams_of(out_dir: Path, table, replay: bool) -> dict[str, str]:
 def run_variant(cfg, sched: dict, table, prediction, cost_model, out_dir: Path) -> dict:
     """One scheduling variant on real workers; writes requests.parquet and metrics.json."""
     from elis.serving.runtime import build_runtime, json_default
+    from elis.serving.prediction import predictor_stats
     from elis.serving.workers.hf import encode_prompt
 
     out_dir = Path(out_dir)
@@ -514,6 +515,7 @@ def run_variant(cfg, sched: dict, table, prediction, cost_model, out_dir: Path) 
         lat = live.predictor.latency
         metrics["predictor_wall_s"] = lat.total_ms / 1e3
         metrics["predictor_mean_ms_per_call"] = lat.mean_ms_per_call
+        metrics.update(predictor_stats(live.predictor))  # e.g. embedding.num_truncated
     metrics["num_replayed_streams"] = len(streams)
     true = records["true_num_output_tokens"].to_numpy()
     got = records["num_output_tokens"].to_numpy()
@@ -561,5 +563,9 @@ def run_vllm_priority_variant(cfg, table, prediction, out_dir: Path) -> dict:
     metrics = summarize(df)
     metrics.update({"wall_s": time.perf_counter() - t0, "worker_kind": "vllm_priority",
                     "variant": {"policy": "vllm_priority_static_sjf"}})
+    if prediction is not None:
+        from elis.serving.prediction import predictor_stats
+
+        metrics.update(predictor_stats(prediction.predictor))  # e.g. embedding.num_truncated
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
     return metrics
