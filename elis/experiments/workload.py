@@ -656,7 +656,10 @@ def read_trace(
     if max_rows is not None:
         order = order[: int(max_rows)]
     ns = ns[order]
-    offsets_s = (ns - ns[0]).astype(np.float64) / 1e9 / scale if ns.size else ns.astype(np.float64)
+    with np.errstate(over="ignore"):  # checked just below
+        offsets_s = (ns - ns[0]).astype(np.float64) / 1e9 / scale if ns.size else ns.astype(np.float64)
+    if not np.all(np.isfinite(offsets_s)):
+        raise ValueError(f"time_scale={time_scale!r} makes the offsets of {p} overflow float64; use a larger one")
     requests = pd.DataFrame(
         {
             "arrival_time_s": offsets_s,

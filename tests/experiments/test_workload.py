@@ -165,6 +165,8 @@ def test_trace_errors(tmp_path):
     ok.write_text(TINY_CSV)
     with pytest.raises(ValueError, match="time_scale"):
         load_trace(ok, time_scale=0)
+    with pytest.raises(ValueError, match="time_scale=1e-308 makes the offsets"):
+        load_trace(ok, time_scale=1e-308)
 
 
 def test_azure_conv_trace(shared_data):
