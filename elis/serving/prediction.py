@@ -186,6 +186,18 @@ class PredictionService:
         self.num_queries += n
         return out, self.latency_s(n)
 
+    def observe_finished(self, r: Request) -> None:
+        """Tell the predictor an answer finished (its length now known), when it learns online.
+
+        Only answers that ended on their own are passed (``finish_reason != 'length'``: a
+        ``max_tokens`` cut says the length is at least that much, not what it is). Predictors
+        without ``observe_finished(prompt, generator, num_output_tokens)`` ignore it.
+        """
+        observe = getattr(self.predictor, "observe_finished", None)
+        if observe is None or r.finish_reason == "length":
+            return
+        observe(r.prompt, r.generator, int(r.num_generated_tokens))
+
     def latency_s(self, num_queries: int) -> float:
         """Seconds charged for one call on ``num_queries`` queries."""
         if self.latency_source == "zero" or num_queries == 0:
