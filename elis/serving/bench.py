@@ -80,8 +80,11 @@ def capacity_rps(cost_model, mean_output_tokens: float, batch: int = 4) -> float
 
 
 def run_sim(table, num_workers: int, cost_model, policy: str = "isrtf", mode: str = "windowed",
-            predictor: str = "oracle", seed: int = 0):
-    """Simulate ``table``; returns the ``SimResult`` (records without interval lists)."""
+            predictor: str = "oracle", seed: int = 0, path: str = "auto"):
+    """Simulate ``table``; returns the ``SimResult`` (records without interval lists).
+
+    ``path``: 'auto' | 'general' | 'fast' (see ``elis.experiments.run.simulate``).
+    """
     from elis.experiments.run import simulate
     from elis.predictor.simple import NoisyOraclePredictor, OraclePredictor
     from elis.serving.load_balancer import LeastPredictedTokens
@@ -92,7 +95,7 @@ def run_sim(table, num_workers: int, cost_model, policy: str = "isrtf", mode: st
     return simulate(
         table, {"policy": policy, "mode": mode, "preemption": True}, num_workers=num_workers,
         max_batch_size=4, window_tokens=50, cost_model=cost_model, load_balancer=LeastPredictedTokens(),
-        prediction=service, record_intervals=False,
+        prediction=service, record_intervals=False, **({} if path == "auto" else {"path": path}),
     )
 
 

@@ -155,7 +155,7 @@ class Simulator:
         self.cost_model = cost_model
         self.lb = load_balancer
         self.prediction = prediction
-        self.recorder = recorder or RequestRecorder()
+        self.recorder = recorder if recorder is not None else RequestRecorder()
         self.active: dict[str, Request] = {}
         self.workers = [SimWorker(i, cost_model, self.active.__getitem__, reveal_text) for i in range(len(schedulers))]
         n = len(schedulers)

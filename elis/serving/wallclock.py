@@ -132,7 +132,7 @@ class WallClockRunner:
         self.time_scale = float(time_scale)
         self.continuous_max_steps = int(continuous_max_steps)
         self.kill_worker = tuple(kill_worker) if kill_worker else None
-        self.recorder = recorder or RequestRecorder()
+        self.recorder = recorder if recorder is not None else RequestRecorder()
         self.alive = [True] * len(schedulers)
         self.faults: list[Fault] = []
         self.active: dict[str, Request] = {}
