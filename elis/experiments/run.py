@@ -202,19 +202,41 @@ def build_schedulers(
     ]
 
 
+SIM_PATHS: tuple[str, ...] = ("auto", "fast", "general")
+
+
 def simulate(
     table: RequestTable, sched: dict, *, num_workers: int, max_batch_size: int, window_tokens: int,
     cost_model: CostModel, load_balancer, prediction: PredictionService | None,
     kv_capacity_tokens: int | None = None, record_intervals: bool = True, reveal_text: bool = False,
+    path: str = "auto",
 ):
-    """Simulate ``table`` under one scheduling variant; returns a ``SimResult``."""
+    """Simulate ``table`` under one scheduling variant; returns a ``SimResult``.
+
+    ``path``: 'auto' runs ``elis.serving.fastsim.FastSimulator`` when it supports the
+    configuration and the general ``Simulator`` otherwise (logging which, and why); 'fast'
+    raises if unsupported; 'general' always runs the general path. Both give identical records.
+
+    Raises:
+        ValueError: an unknown ``path`` (lists the valid ones); 'fast' on an unsupported configuration.
+    """
+    from elis.serving.fastsim import FastSimulator, unsupported_reason
+
+    if path not in SIM_PATHS:
+        raise ValueError(f"worker.sim_path={path!r} is not one of {list(SIM_PATHS)}")
     schedulers = build_schedulers(
         sched, num_workers, max_batch_size, window_tokens, kv_capacity_tokens, prediction, cost_model
     )
-    sim = Simulator(
-        table, schedulers, cost_model, load_balancer, prediction,
-        RequestRecorder(record_intervals=record_intervals), reveal_text=reveal_text,
-    )
+    recorder = RequestRecorder(record_intervals=record_intervals, capacity=len(table))
+    reason = unsupported_reason(schedulers, load_balancer, prediction) if path != "general" else "sim_path=general"
+    if reason is None:
+        log.info("simulation path: fast (elis.serving.fastsim)")
+        sim = FastSimulator(table, schedulers, cost_model, load_balancer, prediction, recorder, reveal_text)
+    elif path == "fast":
+        raise ValueError(f"worker.sim_path='fast' does not support {reason}; use 'auto' or 'general'")
+    else:
+        log.info("simulation path: general (fast path not used: %s)", reason)
+        sim = Simulator(table, schedulers, cost_model, load_balancer, prediction, recorder, reveal_text=reveal_text)
     return sim.run()
 
 
@@ -239,6 +261,7 @@ def run_variant(cfg: DictConfig, sched: dict, table: RequestTable, prediction, c
         prediction=prediction, kv_capacity_tokens=cfg.worker.get("kv_capacity_tokens"),
         record_intervals=bool(cfg.record_intervals),
         reveal_text=prediction is not None and prediction.reads_text and not _precompute(cfg, prediction),
+        path=str(cfg.worker.get("sim_path", "auto")),
     )
     res.records.to_parquet(out_dir / "requests.parquet", index=False)
     metrics = summarize(res.records)

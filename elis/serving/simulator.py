@@ -298,4 +298,5 @@ class Simulator:
             "num_kv_drops": sum(x.num_kv_drops for x in s),
             "predictor_overhead_s": sum(x.predictor_latency_total_s for x in s) + self.frontend_predictor_s,
             "scheduling_overhead_s": sum(x.scheduling_overhead_total_s for x in s),
+            "sim_path": "general",
         }

@@ -1,0 +1,614 @@
+"""Fast simulation path: the ``Simulator``'s rules on flat per-worker state (issue 12 item 1).
+
+Same results as ``elis.serving.simulator.Simulator`` (the general path), per request, bit for
+bit — proved by ``tests/serving/test_fastsim_equivalence.py``, which runs both paths on the
+same workloads (windowed and continuous; fcfs, sjf, isrtf, srtf_oracle; preemption on/off,
+margins, aging; several workers and every balancer) and compares every record and counter.
+
+What differs is only the mechanics:
+- no per-window object protocol: no ``WindowBatch``/``WindowItem``/``WindowResult`` (kept for
+  real workers) and no ``Request`` objects: each active request is one small slotted record
+  (``_Req``) dropped at finish; each worker is flat state (running list, buffer heap, load
+  counters, the current window's planned tokens and end times computed inline);
+- keys are computed once per boundary (at push for waiting requests, once per contender);
+- the exact and the noisy oracle are evaluated inline (same formulas as
+  ``elis.predictor.simple``; the noisy oracle's per-request key is hashed once per request);
+- records go straight into the columnar ``RequestRecorder`` at finish.
+
+Event order, tie-breaks and float arithmetic are those of the general path (same event heap
+``(time, seq)``, same KICK/ENQUEUE/WINDOW_END events, same order of every floating-point
+accumulation), so ``num_events`` and every counter agree as well.
+
+Supported (``unsupported_reason`` returns None): the policies ``fcfs``, ``sjf``, ``isrtf``,
+``srtf_oracle`` of ``SchedulingPolicy`` (aging included, promotion not), both modes, any
+preemption setting and margin, unlimited KV (``kv_capacity_tokens=None``), the four load
+balancers of ``elis.serving.load_balancer``, any predictor behind a ``PredictionService``
+(the two oracles inline, any other through the service with a light query object).
+Anything else runs on the general path; ``elis.experiments.run.simulate`` logs which and why.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import time
+
+from elis.serving.cost_model import CostModel
+from elis.serving.load_balancer import LeastPredictedTokens, LeastRequests, LoadBalancer, PowerOfTwo, RoundRobin
+from elis.serving.metrics import RequestRecorder, check_invariants
+from elis.serving.prediction import PredictionService, reveal_prefix
+from elis.serving.scheduler import Scheduler
+from elis.serving.simulator import RequestTable, SimResult
+
+log = logging.getLogger(__name__)
+
+_WINDOW_END, _ENQUEUE, _KICK = 0, 1, 2
+FAST_POLICIES: tuple[str, ...] = ("fcfs", "sjf", "isrtf", "srtf_oracle")
+_FAST_BALANCERS = (RoundRobin, LeastRequests, LeastPredictedTokens, PowerOfTwo)
+_NAN = math.nan
+
+
+def unsupported_reason(
+    schedulers: list[Scheduler], load_balancer: LoadBalancer, prediction: PredictionService | None
+) -> str | None:
+    """Why the fast path cannot run this configuration, or None when it can."""
+    from elis.serving.policy import SchedulingPolicy
+
+    if not schedulers:
+        return "no workers"
+    s0 = schedulers[0]
+    for s in schedulers:
+        if type(s) is not Scheduler:
+            return f"scheduler class {type(s).__name__}"
+        if type(s.policy) is not SchedulingPolicy:
+            return f"policy class {type(s.policy).__name__}"
+        if s.policy.name not in FAST_POLICIES:
+            return f"sched.policy={s.policy.name!r} (fast path: {list(FAST_POLICIES)})"
+        if s.policy.promote_after_s is not None:
+            return "sched.promote_after_s (promotion tiers)"
+        if s.kv_capacity_tokens is not None:
+            return "worker.kv_capacity_tokens (KV capacity limits)"
+        if s.has_work or s.num_decisions:
+            return "schedulers already used"
+        same = (
+            s.policy == s0.policy and s.mode == s0.mode and s.max_batch_size == s0.max_batch_size
+            and s.window_tokens == s0.window_tokens and s.preemption == s0.preemption
+            and s.preemption_margin == s0.preemption_margin and s.predictor is s0.predictor
+            and s.scheduling_overhead_s == s0.scheduling_overhead_s
+        )
+        if not same:
+            return "workers with different scheduler settings"
+    if type(load_balancer) not in _FAST_BALANCERS:
+        return f"load balancer {type(load_balancer).__name__}"
+    needs = s0.policy.uses_predictions or load_balancer.needs_prediction
+    svc = s0.predictor if s0.policy.uses_predictions else prediction
+    if needs and not isinstance(svc, PredictionService):
+        return f"a prediction source of class {type(svc).__name__} (fast path: PredictionService)"
+    if s0.policy.uses_predictions and load_balancer.needs_prediction and s0.predictor is not prediction:
+        return "the frontend and the schedulers use different prediction services"
+    return None
+
+
+class _Req:
+    """One active request's state (fields named as on ``Request`` where they mean the same)."""
+
+    __slots__ = (
+        "i", "request_id", "arrival_time_s", "num_prompt_tokens", "target", "num_generated_tokens",
+        "first_predicted_tokens", "predicted_remaining_tokens", "load", "needs_prediction", "at_boundary",
+        "started", "first_tok", "exec_s", "iv_start", "iv_end", "max_gap", "num_preemptions", "worker",
+        "nkey", "preds", "iv", "max_new",
+    )
+
+    def __init__(self, i: int, rid: str, arrival: float, prompt: int, target: int) -> None:
+        self.i = i
+        self.request_id = rid
+        self.arrival_time_s = arrival
+        self.num_prompt_tokens = prompt
+        self.target = target
+        self.num_generated_tokens = 0
+        self.first_predicted_tokens = None
+        self.predicted_remaining_tokens = None
+        self.load = 0.0
+        self.needs_prediction = True
+        self.at_boundary = True
+        self.started = False
+        self.first_tok = None
+        self.exec_s = 0.0
+        self.iv_start = 0.0
+        self.iv_end = None
+        self.max_gap = None
+        self.num_preemptions = 0
+        self.worker = -1
+        self.nkey = 0
+        self.preds = None
+        self.iv = None
+        self.max_new = 0
+
+
+class _Query:
+    """What ``PredictionService.predict`` reads from a request (generic predictors only)."""
+
+    __slots__ = ("request_id", "prompt", "partial_response", "num_generated_tokens", "generator",
+                 "target_num_output_tokens", "num_prompt_tokens", "true_response", "true_num_output_tokens")
+
+    def __init__(self, r: _Req, table: RequestTable, reveal_text: bool) -> None:
+        i = r.i
+        self.request_id = r.request_id
+        self.prompt = table.prompts[i] if table.prompts is not None else ""
+        self.num_generated_tokens = r.num_generated_tokens
+        self.generator = table.generators[i] if table.generators is not None else None
+        self.target_num_output_tokens = r.target
+        self.num_prompt_tokens = r.num_prompt_tokens
+        self.true_response = table.responses[i] if table.responses is not None else None
+        self.true_num_output_tokens = int(table.num_output_tokens[i])
+        self.partial_response = (
+            reveal_prefix(self.true_response or "", r.num_generated_tokens, self.true_num_output_tokens)
+            if reveal_text else ""
+        )
+
+
+class _Worker:
+    """Flat state of one worker; ``num_outstanding``/``predicted_outstanding_tokens`` feed the balancer."""
+
+    __slots__ = (
+        "wid", "running", "buffer", "pending", "num_outstanding", "predicted_outstanding_tokens", "busy",
+        "version", "start", "prefill_total", "n_tok", "ends", "firsts", "num_decisions", "num_predictions",
+        "predictor_latency_total_s", "scheduling_overhead_total_s", "num_preemptions",
+    )
+
+    def __init__(self, wid: int) -> None:
+        self.wid = wid
+        self.running: list[_Req] = []
+        self.buffer: list[tuple] = []  # heap of (sort_key, request); sort keys are unique
+        self.pending: list[_Req] = []
+        self.num_outstanding = 0
+        self.predicted_outstanding_tokens = 0.0
+        self.busy = False
+        self.version = 0
+        self.start = 0.0
+        self.prefill_total = 0
+        self.n_tok: list[int] = []
+        self.ends: list[float] = []
+        self.firsts: list = []
+        self.num_decisions = 0
+        self.num_predictions = 0
+        self.predictor_latency_total_s = 0.0
+        self.scheduling_overhead_total_s = 0.0
+        self.num_preemptions = 0
+
+
+class FastSimulator:
+    """Drop-in for ``Simulator`` (same arguments, same ``SimResult``) on supported configurations.
+
+    Raises:
+        ValueError: an unsupported configuration (the reason from ``unsupported_reason``), or
+            a balancer that needs predictions without a prediction service.
+    """
+
+    def __init__(
+        self,
+        table: RequestTable,
+        schedulers: list[Scheduler],
+        cost_model: CostModel,
+        load_balancer: LoadBalancer,
+        prediction: PredictionService | None = None,
+        recorder: RequestRecorder | None = None,
+        reveal_text: bool = False,
+    ) -> None:
+        if load_balancer.needs_prediction and prediction is None:
+            raise ValueError(f"{type(load_balancer).__name__} needs predictions; got prediction=None")
+        reason = unsupported_reason(schedulers, load_balancer, prediction)
+        if reason is not None:
+            raise ValueError(f"the fast simulation path does not support {reason}")
+        self.table = table
+        self.cost_model = cost_model
+        self.lb = load_balancer
+        self.prediction = prediction
+        self.recorder = recorder if recorder is not None else RequestRecorder(capacity=len(table))
+        self.reveal_text = reveal_text
+        s0 = schedulers[0]
+        self.policy = s0.policy
+        self.service: PredictionService | None = s0.predictor if s0.policy.uses_predictions else prediction
+        self.mode = s0.mode
+        self.B = s0.max_batch_size
+        self.W = s0.window_tokens
+        self.preemption = s0.preemption
+        self.margin = s0.preemption_margin
+        self.sched_overhead_s = s0.scheduling_overhead_s
+        self.uses_boundaries = s0.uses_boundaries
+        self.workers = [_Worker(s.worker_id) for s in schedulers]
+        self._heap: list[tuple] = []
+        self._seq = itertools.count()
+        self.num_events = 0
+        self.frontend_predictor_s = 0.0
+        self.num_active = 0
+        self.peak_active = 0
+        self._predict = self._predict_fn()
+
+    # ------------------------------------------------------------------ predictions
+    def _predict_fn(self):
+        """``f(list[_Req]) -> (list[float], charged_s)``: the service's numbers, computed cheaply."""
+        from elis.predictor.simple import NoisyOraclePredictor, OraclePredictor, standard_normal_at
+
+        svc = self.service
+        if svc is None:
+            return None
+        kind = type(svc.predictor)
+        inline = svc.latency_source != "measured" and not svc._table
+        if inline and kind is OraclePredictor:
+            def oracle(rs: list[_Req]):
+                svc.num_calls += 1
+                svc.num_queries += len(rs)
+                return [float(max(r.target - r.num_generated_tokens, 0)) for r in rs], svc.latency_s(len(rs))
+            return oracle
+        if inline and kind is NoisyOraclePredictor:
+            sigma = svc.predictor.sigma
+            exp = math.exp
+
+            def noisy(rs: list[_Req]):
+                svc.num_calls += 1
+                svc.num_queries += len(rs)
+                out = [
+                    float(max(r.target - r.num_generated_tokens, 0))
+                    * exp(sigma * standard_normal_at(r.nkey, r.num_generated_tokens))
+                    for r in rs
+                ]
+                return out, svc.latency_s(len(rs))
+            self._noise_seed = svc.predictor.seed
+            return noisy
+        table, reveal = self.table, self.reveal_text
+
+        def generic(rs: list[_Req]):
+            preds, lat = svc.predict([_Query(r, table, reveal) for r in rs])  # type: ignore[arg-type]
+            return [float(p) for p in preds], lat
+        return generic
+
+    def _record_prediction(self, r: _Req, p: float) -> None:
+        if r.preds is not None:
+            r.preds.append((r.num_generated_tokens, p))
+        if r.first_predicted_tokens is None:
+            r.first_predicted_tokens = p
+        r.predicted_remaining_tokens = p
+        r.needs_prediction = False
+
+    # ------------------------------------------------------------------ keys
+    def _key(self, r: _Req) -> tuple:
+        """``SchedulingPolicy.sort_key`` of ``r`` (same arithmetic)."""
+        pol = self.policy
+        name = pol.name
+        if name == "fcfs":
+            return (r.arrival_time_s, r.arrival_time_s, r.request_id)
+        if name == "srtf_oracle":
+            k = float(r.target - r.num_generated_tokens)
+        elif name == "isrtf":
+            k = float(min(max(r.predicted_remaining_tokens, 0.0), self.table.max_tokens - r.num_generated_tokens))
+        else:  # sjf
+            k = float(min(max(r.first_predicted_tokens, 0.0), self.table.max_tokens))
+        if pol.aging_tokens_per_s:
+            k += pol.aging_tokens_per_s * r.arrival_time_s
+        return (k, r.arrival_time_s, r.request_id)
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> SimResult:
+        """Simulate until every request is terminal; check invariants; return records.
+
+        Raises:
+            InvariantError: if any request is lost, duplicated or wrongly finished.
+        """
+        wall0 = time.perf_counter()
+        table, heap = self.table, self._heap
+        arrivals = table.arrival_time_s.tolist()
+        prompts = table.num_prompt_tokens.tolist()
+        outputs = table.num_output_tokens.tolist()
+        ids = table.request_ids
+        max_tokens = table.max_tokens
+        record_lists = self.recorder.record_intervals
+        noisy = hasattr(self, "_noise_seed")
+        if noisy:
+            from elis.predictor.simple import noise_key
+        n, i = len(arrivals), 0
+        pop = heapq.heappop
+        while i < n or heap:
+            if heap and (i >= n or heap[0][0] < arrivals[i]):
+                t, _, kind, w, payload = pop(heap)
+                self.num_events += 1
+                if kind == _WINDOW_END:
+                    if payload == self.workers[w].version:
+                        self._on_window_end(self.workers[w], t)
+                elif kind == _KICK:
+                    if not self.workers[w].busy:
+                        self._start_window(self.workers[w], t)
+                else:
+                    self._enqueue(payload, self.workers[w], t)
+            else:
+                rid = ids[i] if ids is not None else f"req-{i:07d}"
+                r = _Req(i, rid, arrivals[i], prompts[i], min(outputs[i], max_tokens))
+                if record_lists:
+                    r.preds, r.iv = [], []
+                if noisy:
+                    r.nkey = noise_key(self._noise_seed, rid)
+                self._on_arrival(r, arrivals[i])
+                self.num_events += 1
+                i += 1
+        wall_s = time.perf_counter() - wall0
+        for wk in self.workers:
+            if wk.running or wk.pending or wk.buffer:
+                raise RuntimeError(f"worker {wk.wid} still has work after the event heap emptied")
+        df = self.recorder.to_frame()
+        check_invariants(df, n if ids is None else list(ids))
+        return SimResult(records=df, counters=self._counters(wall_s))
+
+    def _push(self, t: float, kind: int, w: int, payload) -> None:
+        heapq.heappush(self._heap, (t, next(self._seq), kind, w, payload))
+
+    def _on_arrival(self, r: _Req, now: float) -> None:
+        self.num_active += 1
+        if self.num_active > self.peak_active:
+            self.peak_active = self.num_active
+        delay = 0.0
+        if self.lb.needs_prediction:
+            preds, delay = self._predict([r])
+            self._record_prediction(r, preds[0])
+            self.frontend_predictor_s += delay
+        w = self.lb.select(r, self.workers)  # type: ignore[arg-type]
+        if delay > 0:
+            self._push(now + delay, _ENQUEUE, w, r)
+        else:
+            self._enqueue(r, self.workers[w], now)
+
+    def _set_load(self, wk: _Worker, r: _Req, tokens: float) -> None:
+        wk.predicted_outstanding_tokens += tokens - r.load
+        r.load = tokens
+
+    def _enqueue(self, r: _Req, wk: _Worker, now: float) -> None:
+        r.worker = wk.wid
+        wk.num_outstanding += 1
+        if r.predicted_remaining_tokens is not None:
+            r.needs_prediction = False
+            self._set_load(wk, r, r.predicted_remaining_tokens)
+        if self.policy.uses_predictions and r.needs_prediction:
+            wk.pending.append(r)
+        else:
+            heapq.heappush(wk.buffer, (self._key(r), r))
+        if not wk.busy:
+            self._push(now, _KICK, wk.wid, None)
+        elif self.mode == "continuous" and len(wk.running) < self.B:
+            self._cut_segment(wk, now)
+
+    # ------------------------------------------------------------------ one decision
+    def _start_window(self, wk: _Worker, now: float) -> None:
+        if not (wk.running or wk.pending or wk.buffer):
+            return
+        wk.num_decisions += 1
+        pred_latency = self._predict_pending(wk)
+        running = wk.running
+        if self.preemption:
+            contenders = [r for r in running if r.at_boundary]
+            continuing = [r for r in running if not r.at_boundary]
+        else:
+            contenders, continuing = [], running
+        selected, preempted, from_buffer = self._select(wk, contenders, len(continuing))
+        for r in preempted:
+            r.num_preemptions += 1
+            wk.num_preemptions += 1
+            heapq.heappush(wk.buffer, (self._key(r), r))
+        batch = continuing + selected
+        wk.running = batch
+        if not batch:
+            return
+        # items: max_new and prefill (prompt at the first admission; KV is never dropped here)
+        W, uses_b, max_tokens = self.W, self.uses_boundaries, self.table.max_tokens
+        for r in batch:
+            g = r.num_generated_tokens
+            cap = max_tokens - g
+            r.max_new = min(W - g % W, cap) if uses_b else cap
+        prefill_total = 0
+        for r in from_buffer:  # newly admitted: prefill the prompt once (KV is never dropped here)
+            if not r.started:
+                r.started = True
+                prefill_total += r.num_prompt_tokens
+        overhead = pred_latency + self.sched_overhead_s
+        wk.scheduling_overhead_total_s += self.sched_overhead_s
+        start = now + overhead
+        self._execute(wk, start, prefill_total, None)
+        wk.busy = True
+        wk.version += 1
+        self._push(max(wk.ends), _WINDOW_END, wk.wid, wk.version)
+
+    def _predict_pending(self, wk: _Worker) -> float:
+        if not self.policy.uses_predictions:
+            wk.pending.clear()
+            return 0.0
+        todo = wk.pending + [r for r in wk.running if r.needs_prediction]
+        if not todo:
+            return 0.0
+        preds, latency_s = self._predict(todo)  # type: ignore[misc]
+        for r, p in zip(todo, preds):
+            self._set_load(wk, r, p)
+            self._record_prediction(r, p)
+        buf = wk.buffer
+        for r in wk.pending:
+            heapq.heappush(buf, (self._key(r), r))
+        wk.pending = []
+        wk.num_predictions += len(todo)
+        wk.predictor_latency_total_s += latency_s
+        return latency_s
+
+    def _select(self, wk: _Worker, contenders: list[_Req], num_continuing: int):
+        """Scheduler._select without KV limits: contenders (keys with margin) vs the buffer."""
+        margin = self.margin
+        keyed = []
+        for r in contenders:
+            k = self._key(r)
+            if margin:
+                k = (k[0] - margin,) + k[1:]
+            keyed.append((k, r))
+        keyed.sort(key=lambda kr: kr[0])
+        free = self.B - num_continuing
+        buf = wk.buffer
+        selected: list[_Req] = []
+        from_buffer: list[_Req] = []
+        i, nc = 0, len(keyed)
+        while len(selected) < free:
+            if i < nc:
+                if not buf or keyed[i][0] <= buf[0][0]:
+                    selected.append(keyed[i][1])
+                    i += 1
+                    continue
+            elif not buf:
+                break
+            r = heapq.heappop(buf)[1]
+            selected.append(r)
+            from_buffer.append(r)
+        return selected, [kr[1] for kr in keyed[i:]], from_buffer
+
+    # ------------------------------------------------------------------ the window (SimWorker)
+    def _execute(self, wk: _Worker, start: float, prefill_total: int, max_steps: int | None) -> None:
+        """Per-item tokens, stop times and first-token times of ``wk.running`` from ``start``."""
+        cm = self.cost_model
+        batch = wk.running
+        n_plan = [min(r.max_new, r.target - r.num_generated_tokens) for r in batch]
+        t0 = start + cm.prefill_time_s(prefill_total)
+        wk.start = start
+        wk.prefill_total = prefill_total
+        b = len(batch)
+        if self.mode == "continuous":
+            steps = min(n_plan)
+            if max_steps is not None:
+                steps = min(steps, max_steps)
+            ctx = sum(r.num_prompt_tokens + r.num_generated_tokens for r in batch)
+            end = t0 + cm.decode_time_s(b, ctx, steps)
+            first = t0 + cm.decode_step_time_s(b, ctx) if steps else None
+            wk.n_tok, wk.ends, wk.firsts = [steps] * b, [end] * b, [first] * b
+            return
+        wk.n_tok = n_plan
+        ends = [t0] * b
+        firsts: list = [None] * b
+        order = sorted(range(b), key=n_plan.__getitem__)
+        active = [j for j in order if n_plan[j] > 0]
+        nb = len(active)
+        ctxs = [r.num_prompt_tokens + r.num_generated_tokens for r in batch]
+        ctx = sum(ctxs[j] for j in active)
+        if nb:
+            first = t0 + cm.decode_step_time_s(nb, ctx)
+            for j in active:
+                firsts[j] = first
+        t, done, k, na = t0, 0, 0, nb
+        while k < na:
+            target = n_plan[active[k]]
+            t += cm.decode_time_s(nb, ctx + done * nb, target - done)
+            done = target
+            while k < na and n_plan[active[k]] == target:
+                j = active[k]
+                ends[j] = t
+                ctx -= ctxs[j]
+                nb -= 1
+                k += 1
+        wk.ends, wk.firsts = ends, firsts
+
+    def _cut_segment(self, wk: _Worker, now: float) -> None:
+        """Continuous mode: end the running segment at the first step boundary >= now."""
+        planned = wk.n_tok[0] if wk.n_tok else 0
+        cm = self.cost_model
+        t0 = wk.start + cm.prefill_time_s(wk.prefill_total)
+        ctx = sum(r.num_prompt_tokens + r.num_generated_tokens for r in wk.running)
+        m = max(cm.steps_within_s(len(wk.running), ctx, now - t0), 1)
+        if m >= planned:
+            return
+        self._execute(wk, wk.start, wk.prefill_total, m)
+        wk.version += 1
+        self._push(max(wk.ends), _WINDOW_END, wk.wid, wk.version)
+
+    # ------------------------------------------------------------------ window end (Scheduler.update)
+    def _on_window_end(self, wk: _Worker, now: float) -> None:
+        wk.busy = False
+        start, windowed = wk.start, self.mode == "windowed"
+        uses_b, isrtf = self.uses_boundaries, self.policy.name == "isrtf"
+        max_tokens = self.table.max_tokens
+        still: list[_Req] = []
+        done: list[_Req] = []
+        for r, n, end, first in zip(wk.running, wk.n_tok, wk.ends, wk.firsts):
+            if n:
+                r.num_generated_tokens += n
+                if r.load:
+                    self._set_load(wk, r, max(r.load - n, 0.0))
+                if r.first_tok is None:
+                    r.first_tok = first
+            # Request.add_run_interval, with the executed time and the longest gap kept running
+            if r.iv_end is not None and r.iv_end == start:
+                r.iv_end = end
+                if r.iv is not None:
+                    r.iv[-1][1] = end
+            else:
+                if r.iv_end is None:
+                    gap = start - r.arrival_time_s
+                else:
+                    r.exec_s += r.iv_end - r.iv_start
+                    gap = start - r.iv_end
+                if r.max_gap is None or gap > r.max_gap:
+                    r.max_gap = gap
+                r.iv_start, r.iv_end = start, end
+                if r.iv is not None:
+                    r.iv.append([start, end])
+            g = r.num_generated_tokens
+            if g >= r.target:
+                self._set_load(wk, r, 0.0)
+                wk.num_outstanding -= 1
+                self._record(r, end, "length" if g >= max_tokens else "eos")
+                done.append(r)
+                continue
+            if windowed and n < r.max_new:
+                raise RuntimeError(
+                    f"request {r.request_id!r}: windowed worker stopped after {n} < {r.max_new} tokens without finishing"
+                )
+            r.at_boundary = n == r.max_new and uses_b
+            if r.at_boundary and isrtf:
+                r.needs_prediction = True
+            still.append(r)
+        wk.running = still
+        self.num_active -= len(done)
+        self._start_window(wk, now)
+
+    def _record(self, r: _Req, finish: float, reason: str) -> None:
+        """One FINISHED row, with ``RequestRecorder.add``'s formulas."""
+        table = self.table
+        executed = r.exec_s + (r.iv_end - r.iv_start)  # type: ignore[operator]
+        arr = r.arrival_time_s
+        jct = finish - arr
+        n = r.num_generated_tokens
+        first = r.first_tok
+        ttft = first - arr if first is not None else _NAN
+        tpot = (finish - first) / (n - 1) if n >= 2 and first is not None else _NAN
+        i = r.i
+        values = (
+            r.request_id, r.worker, "FINISHED", reason, None,
+            table.generators[i] if table.generators is not None else None, arr,
+            first if first is not None else _NAN, finish, jct, jct - executed, executed,
+            r.max_gap if r.max_gap is not None else 0.0, ttft, tpot, r.num_prompt_tokens, n,
+            int(table.num_output_tokens[i]), table.max_tokens, r.num_preemptions, 0,
+            r.first_predicted_tokens if r.first_predicted_tokens is not None else _NAN,
+        )
+        lists = None
+        if r.iv is not None:
+            preds = r.preds or []
+            lists = (
+                [s for s, _ in r.iv], [e for _, e in r.iv], [g for g, _ in preds], [p for _, p in preds],
+                [r.target - g for g, _ in preds],
+            )
+        self.recorder.add_row(values, lists)
+
+    def _counters(self, wall_s: float) -> dict:
+        ws = self.workers
+        return {
+            "wall_s": wall_s,
+            "num_events": self.num_events,
+            "peak_active_requests": self.peak_active,
+            "num_decisions": sum(x.num_decisions for x in ws),
+            "num_predictions": sum(x.num_predictions for x in ws),
+            "num_kv_drops": 0,
+            "predictor_overhead_s": sum(x.predictor_latency_total_s for x in ws) + self.frontend_predictor_s,
+            "scheduling_overhead_s": sum(x.scheduling_overhead_total_s for x in ws),
+            "sim_path": "fast",
+        }
