@@ -35,6 +35,8 @@ import logging
 import math
 import time
 
+import numpy as np
+
 from elis.serving.cost_model import CostModel
 from elis.serving.load_balancer import LeastPredictedTokens, LeastRequests, LoadBalancer, PowerOfTwo, RoundRobin
 from elis.serving.metrics import RequestRecorder, check_invariants
@@ -48,6 +50,7 @@ _WINDOW_END, _ENQUEUE, _KICK = 0, 1, 2
 FAST_POLICIES: tuple[str, ...] = ("fcfs", "sjf", "isrtf", "srtf_oracle")
 _FAST_BALANCERS = (RoundRobin, LeastRequests, LeastPredictedTokens, PowerOfTwo)
 _NAN = math.nan
+_NOISE_BLOCK = 4096  # requests whose noise factors are drawn in one numpy call
 
 
 def unsupported_reason(
@@ -98,7 +101,7 @@ class _Req:
         "i", "request_id", "arrival_time_s", "num_prompt_tokens", "target", "num_generated_tokens",
         "first_predicted_tokens", "predicted_remaining_tokens", "load", "needs_prediction", "at_boundary",
         "started", "first_tok", "exec_s", "iv_start", "iv_end", "max_gap", "num_preemptions", "worker",
-        "nkey", "preds", "iv", "max_new",
+        "nkey", "mult", "moff", "mcount", "preds", "iv", "max_new",
     )
 
     def __init__(self, i: int, rid: str, arrival: float, prompt: int, target: int) -> None:
@@ -122,6 +125,9 @@ class _Req:
         self.num_preemptions = 0
         self.worker = -1
         self.nkey = 0
+        self.mult = None
+        self.moff = 0
+        self.mcount = 0
         self.preds = None
         self.iv = None
         self.max_new = 0
@@ -225,12 +231,16 @@ class FastSimulator:
         self.frontend_predictor_s = 0.0
         self.num_active = 0
         self.peak_active = 0
+        self._lb_attr = {LeastPredictedTokens: "predicted_outstanding_tokens", LeastRequests: "num_outstanding"}.get(
+            type(load_balancer)
+        )
+        self._noise: tuple[int, float] | None = None  # (seed, sigma) when the noisy oracle runs inline
         self._predict = self._predict_fn()
 
     # ------------------------------------------------------------------ predictions
     def _predict_fn(self):
         """``f(list[_Req]) -> (list[float], charged_s)``: the service's numbers, computed cheaply."""
-        from elis.predictor.simple import NoisyOraclePredictor, OraclePredictor, standard_normal_at
+        from elis.predictor.simple import NoisyOraclePredictor, OraclePredictor, noise_multipliers
 
         svc = self.service
         if svc is None:
@@ -244,19 +254,22 @@ class FastSimulator:
                 return [float(max(r.target - r.num_generated_tokens, 0)) for r in rs], svc.latency_s(len(rs))
             return oracle
         if inline and kind is NoisyOraclePredictor:
-            sigma = svc.predictor.sigma
-            exp = math.exp
+            sigma, W = svc.predictor.sigma, self.W
 
             def noisy(rs: list[_Req]):
                 svc.num_calls += 1
                 svc.num_queries += len(rs)
-                out = [
-                    float(max(r.target - r.num_generated_tokens, 0))
-                    * exp(sigma * standard_normal_at(r.nkey, r.num_generated_tokens))
-                    for r in rs
-                ]
+                out = []
+                for r in rs:
+                    g = r.num_generated_tokens
+                    q, m = divmod(g, W)
+                    if m == 0 and q < r.mcount:
+                        mult = r.mult[r.moff + q]
+                    else:  # not a window boundary: evaluate this pair alone (same function)
+                        mult = float(noise_multipliers([r.nkey], [g], sigma)[0])
+                    out.append(float(max(r.target - g, 0)) * mult)
                 return out, svc.latency_s(len(rs))
-            self._noise_seed = svc.predictor.seed
+            self._noise = (svc.predictor.seed, sigma)
             return noisy
         table, reveal = self.table, self.reveal_text
 
@@ -264,6 +277,25 @@ class FastSimulator:
             preds, lat = svc.predict([_Query(r, table, reveal) for r in rs])  # type: ignore[arg-type]
             return [float(p) for p in preds], lat
         return generic
+
+    def _noise_block(self, i0: int, i1: int) -> tuple:
+        """Noise factors of requests ``i0..i1-1`` at every window boundary, in one numpy call.
+
+        Returns ``(keys, factors, offsets, i0, counts)``: request ``i``'s factor at step ``k``
+        (``k·W`` tokens generated) is ``factors[offsets[i − i0] + k]`` for ``k < counts[i − i0]``.
+        """
+        from elis.predictor.simple import noise_key, noise_multipliers
+
+        seed, sigma = self._noise  # type: ignore[misc]
+        t = self.table
+        ids = [t.request_id(i) for i in range(i0, i1)]
+        keys = [noise_key(seed, rid) for rid in ids]
+        targets = np.minimum(t.num_output_tokens[i0:i1], t.max_tokens)
+        counts = np.maximum(-(-targets // self.W), 1)
+        offsets = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        steps = np.arange(int(counts.sum())) - np.repeat(offsets, counts)
+        factors = noise_multipliers(np.repeat(np.array(keys, dtype=np.uint64), counts), steps * self.W, sigma)
+        return keys, factors.tolist(), offsets.tolist(), i0, counts.tolist()
 
     def _record_prediction(self, r: _Req, p: float) -> None:
         if r.preds is not None:
@@ -305,9 +337,8 @@ class FastSimulator:
         ids = table.request_ids
         max_tokens = table.max_tokens
         record_lists = self.recorder.record_intervals
-        noisy = hasattr(self, "_noise_seed")
-        if noisy:
-            from elis.predictor.simple import noise_key
+        noisy = self._noise is not None
+        block_end = 0
         n, i = len(arrivals), 0
         pop = heapq.heappop
         while i < n or heap:
@@ -328,7 +359,10 @@ class FastSimulator:
                 if record_lists:
                     r.preds, r.iv = [], []
                 if noisy:
-                    r.nkey = noise_key(self._noise_seed, rid)
+                    if i >= block_end:
+                        block_end = min(i + _NOISE_BLOCK, n)
+                        block = self._noise_block(i, block_end)
+                    r.nkey, r.mult, r.moff, r.mcount = block[0][i - block[3]], block[1], block[2][i - block[3]], block[4][i - block[3]]
                 self._on_arrival(r, arrivals[i])
                 self.num_events += 1
                 i += 1
@@ -352,11 +386,28 @@ class FastSimulator:
             preds, delay = self._predict([r])
             self._record_prediction(r, preds[0])
             self.frontend_predictor_s += delay
-        w = self.lb.select(r, self.workers)  # type: ignore[arg-type]
+        w = self._select_worker(r)
         if delay > 0:
             self._push(now + delay, _ENQUEUE, w, r)
         else:
             self._enqueue(r, self.workers[w], now)
+
+    def _select_worker(self, r: _Req) -> int:
+        """``LoadBalancer.select`` (least-load scans inline: same rotation, same ties)."""
+        lb, ws = self.lb, self.workers
+        attr = self._lb_attr
+        if attr is None:
+            return lb.select(r, ws)  # type: ignore[arg-type]
+        n = len(ws)
+        start = lb._next
+        if attr == "predicted_outstanding_tokens":
+            loads = [wk.predicted_outstanding_tokens for wk in ws]
+        else:
+            loads = [wk.num_outstanding for wk in ws]
+        rot = loads[start:] + loads[:start]
+        best = (start + rot.index(min(rot))) % n
+        lb._next = (best + 1) % n
+        return best
 
     def _set_load(self, wk: _Worker, r: _Req, tokens: float) -> None:
         wk.predicted_outstanding_tokens += tokens - r.load
