@@ -33,6 +33,7 @@ import heapq
 import itertools
 import logging
 import math
+import operator
 import time
 
 import numpy as np
@@ -50,6 +51,7 @@ _WINDOW_END, _ENQUEUE, _KICK = 0, 1, 2
 FAST_POLICIES: tuple[str, ...] = ("fcfs", "sjf", "isrtf", "srtf_oracle")
 _FAST_BALANCERS = (RoundRobin, LeastRequests, LeastPredictedTokens, PowerOfTwo)
 _NAN = math.nan
+_first = operator.itemgetter(0)
 _NOISE_BLOCK = 4096  # requests whose noise factors are drawn in one numpy call
 
 
@@ -236,6 +238,8 @@ class FastSimulator:
         )
         self._noise: tuple[int, float] | None = None  # (seed, sigma) when the noisy oracle runs inline
         self._predict = self._predict_fn()
+        self._keyf = self._key_fn()
+        self.uses_predictions = s0.policy.uses_predictions
 
     # ------------------------------------------------------------------ predictions
     def _predict_fn(self):
@@ -306,21 +310,29 @@ class FastSimulator:
         r.needs_prediction = False
 
     # ------------------------------------------------------------------ keys
-    def _key(self, r: _Req) -> tuple:
-        """``SchedulingPolicy.sort_key`` of ``r`` (same arithmetic)."""
+    def _key_fn(self):
+        """``r -> SchedulingPolicy.sort_key(r)`` specialised to the policy (same arithmetic)."""
         pol = self.policy
-        name = pol.name
+        name, alpha, mt = pol.name, pol.aging_tokens_per_s, self.table.max_tokens
         if name == "fcfs":
-            return (r.arrival_time_s, r.arrival_time_s, r.request_id)
+            return lambda r: (r.arrival_time_s, r.arrival_time_s, r.request_id)
         if name == "srtf_oracle":
-            k = float(r.target - r.num_generated_tokens)
+            def raw(r):
+                return float(r.target - r.num_generated_tokens)
         elif name == "isrtf":
-            k = float(min(max(r.predicted_remaining_tokens, 0.0), self.table.max_tokens - r.num_generated_tokens))
-        else:  # sjf
-            k = float(min(max(r.first_predicted_tokens, 0.0), self.table.max_tokens))
-        if pol.aging_tokens_per_s:
-            k += pol.aging_tokens_per_s * r.arrival_time_s
-        return (k, r.arrival_time_s, r.request_id)
+            def raw(r):
+                return float(min(max(r.predicted_remaining_tokens, 0.0), mt - r.num_generated_tokens))
+        else:  # sjf: the first prediction, never updated
+            def raw(r):
+                return float(min(max(r.first_predicted_tokens, 0.0), mt))
+        if alpha:
+            return lambda r: (raw(r) + alpha * r.arrival_time_s, r.arrival_time_s, r.request_id)
+        if name == "isrtf":  # the hot case, without the extra call
+            return lambda r: (
+                float(min(max(r.predicted_remaining_tokens, 0.0), mt - r.num_generated_tokens)),
+                r.arrival_time_s, r.request_id,
+            )
+        return lambda r: (raw(r), r.arrival_time_s, r.request_id)
 
     # ------------------------------------------------------------------ loop
     def run(self) -> SimResult:
@@ -422,7 +434,7 @@ class FastSimulator:
         if self.policy.uses_predictions and r.needs_prediction:
             wk.pending.append(r)
         else:
-            heapq.heappush(wk.buffer, (self._key(r), r))
+            heapq.heappush(wk.buffer, (self._keyf(r), r))
         if not wk.busy:
             self._push(now, _KICK, wk.wid, None)
         elif self.mode == "continuous" and len(wk.running) < self.B:
@@ -430,75 +442,58 @@ class FastSimulator:
 
     # ------------------------------------------------------------------ one decision
     def _start_window(self, wk: _Worker, now: float) -> None:
-        if not (wk.running or wk.pending or wk.buffer):
+        """``Scheduler.schedule`` (predict, split, select, preempt, items) and the window's times.
+
+        One function on purpose: this runs once per window and is the simulator's hot loop.
+        """
+        running = wk.running
+        if not (running or wk.pending or wk.buffer):
             return
         wk.num_decisions += 1
-        pred_latency = self._predict_pending(wk)
-        running = wk.running
-        if self.preemption:
-            contenders = [r for r in running if r.at_boundary]
-            continuing = [r for r in running if not r.at_boundary]
+        keyf, buf, push = self._keyf, wk.buffer, heapq.heappush
+        # --- one batched prediction for new and at-boundary requests (Scheduler._predict_pending)
+        pred_latency = 0.0
+        if self.uses_predictions:
+            todo = [r for r in running if r.needs_prediction]
+            if wk.pending:
+                todo = wk.pending + todo
+            if todo:
+                preds, pred_latency = self._predict(todo)  # type: ignore[misc]
+                pot = wk.predicted_outstanding_tokens
+                for r, p in zip(todo, preds):
+                    pot += p - r.load
+                    r.load = p
+                    if r.preds is not None:
+                        r.preds.append((r.num_generated_tokens, p))
+                    if r.first_predicted_tokens is None:
+                        r.first_predicted_tokens = p
+                    r.predicted_remaining_tokens = p
+                    r.needs_prediction = False
+                wk.predicted_outstanding_tokens = pot
+                for r in wk.pending:
+                    push(buf, (keyf(r), r))
+                wk.pending = []
+                wk.num_predictions += len(todo)
+                wk.predictor_latency_total_s += pred_latency
         else:
-            contenders, continuing = [], running
-        selected, preempted, from_buffer = self._select(wk, contenders, len(continuing))
-        for r in preempted:
-            r.num_preemptions += 1
-            wk.num_preemptions += 1
-            heapq.heappush(wk.buffer, (self._key(r), r))
-        batch = continuing + selected
-        wk.running = batch
-        if not batch:
-            return
-        # items: max_new and prefill (prompt at the first admission; KV is never dropped here)
-        W, uses_b, max_tokens = self.W, self.uses_boundaries, self.table.max_tokens
-        for r in batch:
-            g = r.num_generated_tokens
-            cap = max_tokens - g
-            r.max_new = min(W - g % W, cap) if uses_b else cap
-        prefill_total = 0
-        for r in from_buffer:  # newly admitted: prefill the prompt once (KV is never dropped here)
-            if not r.started:
-                r.started = True
-                prefill_total += r.num_prompt_tokens
-        overhead = pred_latency + self.sched_overhead_s
-        wk.scheduling_overhead_total_s += self.sched_overhead_s
-        start = now + overhead
-        self._execute(wk, start, prefill_total, None)
-        wk.busy = True
-        wk.version += 1
-        self._push(max(wk.ends), _WINDOW_END, wk.wid, wk.version)
-
-    def _predict_pending(self, wk: _Worker) -> float:
-        if not self.policy.uses_predictions:
             wk.pending.clear()
-            return 0.0
-        todo = wk.pending + [r for r in wk.running if r.needs_prediction]
-        if not todo:
-            return 0.0
-        preds, latency_s = self._predict(todo)  # type: ignore[misc]
-        for r, p in zip(todo, preds):
-            self._set_load(wk, r, p)
-            self._record_prediction(r, p)
-        buf = wk.buffer
-        for r in wk.pending:
-            heapq.heappush(buf, (self._key(r), r))
-        wk.pending = []
-        wk.num_predictions += len(todo)
-        wk.predictor_latency_total_s += latency_s
-        return latency_s
-
-    def _select(self, wk: _Worker, contenders: list[_Req], num_continuing: int):
-        """Scheduler._select without KV limits: contenders (keys with margin) vs the buffer."""
-        margin = self.margin
-        keyed = []
-        for r in contenders:
-            k = self._key(r)
+        # --- contenders (at a boundary) against the buffer (Scheduler._split_running/_select)
+        if self.preemption:
+            continuing = [r for r in running if not r.at_boundary]
+            margin = self.margin
             if margin:
-                k = (k[0] - margin,) + k[1:]
-            keyed.append((k, r))
-        keyed.sort(key=lambda kr: kr[0])
-        free = self.B - num_continuing
-        buf = wk.buffer
+                keyed = []
+                for r in running:
+                    if r.at_boundary:
+                        k = keyf(r)
+                        keyed.append(((k[0] - margin,) + k[1:], r))
+            else:
+                keyed = [(keyf(r), r) for r in running if r.at_boundary]
+            if len(keyed) > 1:
+                keyed.sort(key=_first)
+        else:
+            continuing, keyed = running, []
+        free = self.B - len(continuing)
         selected: list[_Req] = []
         from_buffer: list[_Req] = []
         i, nc = 0, len(keyed)
@@ -513,7 +508,38 @@ class FastSimulator:
             r = heapq.heappop(buf)[1]
             selected.append(r)
             from_buffer.append(r)
-        return selected, [kr[1] for kr in keyed[i:]], from_buffer
+        while i < nc:  # preempted: back to the buffer with their key (no margin)
+            r = keyed[i][1]
+            r.num_preemptions += 1
+            wk.num_preemptions += 1
+            push(buf, (keyf(r), r))
+            i += 1
+        batch = continuing + selected if continuing else selected
+        wk.running = batch
+        if not batch:
+            return
+        # --- items: max_new and prefill (the prompt at the first admission; KV is never dropped here)
+        W, max_tokens = self.W, self.table.max_tokens
+        if self.uses_boundaries:
+            for r in batch:
+                g = r.num_generated_tokens
+                cap = max_tokens - g
+                w_left = W - g % W
+                r.max_new = w_left if w_left < cap else cap
+        else:
+            for r in batch:
+                r.max_new = max_tokens - r.num_generated_tokens
+        prefill_total = 0
+        for r in from_buffer:
+            if not r.started:
+                r.started = True
+                prefill_total += r.num_prompt_tokens
+        wk.scheduling_overhead_total_s += self.sched_overhead_s
+        start = now + (pred_latency + self.sched_overhead_s)
+        self._execute(wk, start, prefill_total, None)
+        wk.busy = True
+        wk.version += 1
+        heapq.heappush(self._heap, (max(wk.ends), next(self._seq), _WINDOW_END, wk.wid, wk.version))
 
     # ------------------------------------------------------------------ the window (SimWorker)
     def _execute(self, wk: _Worker, start: float, prefill_total: int, max_steps: int | None) -> None:
@@ -583,8 +609,13 @@ class FastSimulator:
         for r, n, end, first in zip(wk.running, wk.n_tok, wk.ends, wk.firsts):
             if n:
                 r.num_generated_tokens += n
-                if r.load:
-                    self._set_load(wk, r, max(r.load - n, 0.0))
+                load = r.load
+                if load:
+                    left = load - n
+                    if left < 0.0:
+                        left = 0.0
+                    wk.predicted_outstanding_tokens += left - load
+                    r.load = left
                 if r.first_tok is None:
                     r.first_tok = first
             # Request.add_run_interval, with the executed time and the longest gap kept running
@@ -605,7 +636,8 @@ class FastSimulator:
                     r.iv.append([start, end])
             g = r.num_generated_tokens
             if g >= r.target:
-                self._set_load(wk, r, 0.0)
+                wk.predicted_outstanding_tokens += 0.0 - r.load
+                r.load = 0.0
                 wk.num_outstanding -= 1
                 self._record(r, end, "length" if g >= max_tokens else "eos")
                 done.append(r)
