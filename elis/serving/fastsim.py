@@ -561,6 +561,12 @@ class FastSimulator:
             wk.n_tok, wk.ends, wk.firsts = [steps] * b, [end] * b, [first] * b
             return
         wk.n_tok = n_plan
+        lo = min(n_plan)
+        if lo > 0 and lo == max(n_plan):  # every item runs the same tokens: one decode segment
+            ctx = sum([r.num_prompt_tokens + r.num_generated_tokens for r in batch])
+            wk.ends = [t0 + cm.decode_time_s(b, ctx, lo)] * b
+            wk.firsts = [t0 + cm.decode_step_time_s(b, ctx)] * b
+            return
         ends = [t0] * b
         firsts: list = [None] * b
         order = sorted(range(b), key=n_plan.__getitem__)
