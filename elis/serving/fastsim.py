@@ -40,7 +40,7 @@ import numpy as np
 
 from elis.serving.cost_model import CostModel
 from elis.serving.load_balancer import LeastPredictedTokens, LeastRequests, LoadBalancer, PowerOfTwo, RoundRobin
-from elis.serving.metrics import RequestRecorder, check_invariants
+from elis.serving.metrics import InvariantError, RequestRecorder, check_invariants
 from elis.serving.prediction import PredictionService, reveal_prefix
 from elis.serving.scheduler import Scheduler
 from elis.serving.simulator import RequestTable, SimResult
@@ -103,7 +103,7 @@ class _Req:
         "i", "request_id", "arrival_time_s", "num_prompt_tokens", "target", "num_generated_tokens",
         "first_predicted_tokens", "predicted_remaining_tokens", "load", "needs_prediction", "at_boundary",
         "started", "first_tok", "exec_s", "iv_start", "iv_end", "max_gap", "num_preemptions", "worker",
-        "nkey", "mult", "moff", "mcount", "preds", "iv", "max_new",
+        "nkey", "mult", "moff", "mcount", "preds", "iv", "max_new", "assigned",
     )
 
     def __init__(self, i: int, rid: str, arrival: float, prompt: int, target: int) -> None:
@@ -133,6 +133,7 @@ class _Req:
         self.preds = None
         self.iv = None
         self.max_new = 0
+        self.assigned = False
 
 
 class _Query:
@@ -162,7 +163,7 @@ class _Worker:
 
     __slots__ = (
         "wid", "running", "buffer", "pending", "num_outstanding", "predicted_outstanding_tokens", "busy",
-        "version", "start", "prefill_total", "n_tok", "ends", "firsts", "num_decisions", "num_predictions",
+        "version", "start", "prefill_total", "steps", "max_steps", "fins", "peak_load", "n_tok", "ends", "firsts", "num_decisions", "num_predictions",
         "predictor_latency_total_s", "scheduling_overhead_total_s", "num_preemptions",
     )
 
@@ -177,6 +178,10 @@ class _Worker:
         self.version = 0
         self.start = 0.0
         self.prefill_total = 0
+        self.steps: list[int] = []
+        self.max_steps: int | None = None
+        self.fins: list[bool] = []
+        self.peak_load = 0.0
         self.n_tok: list[int] = []
         self.ends: list[float] = []
         self.firsts: list = []
@@ -379,9 +384,14 @@ class FastSimulator:
                 self.num_events += 1
                 i += 1
         wall_s = time.perf_counter() - wall0
-        for wk in self.workers:
-            if wk.running or wk.pending or wk.buffer:
-                raise RuntimeError(f"worker {wk.wid} still has work after the event heap emptied")
+        for wk in self.workers:  # Scheduler.check_idle
+            tol = 1e-6 * max(1.0, wk.peak_load)
+            if wk.running or wk.pending or wk.buffer or wk.num_outstanding or abs(wk.predicted_outstanding_tokens) > tol:
+                raise InvariantError(
+                    f"worker {wk.wid} not idle at the end of the run: running={len(wk.running)}, "
+                    f"pending={len(wk.pending)}, waiting={len(wk.buffer)}, outstanding={wk.num_outstanding}, "
+                    f"predicted_outstanding_tokens={wk.predicted_outstanding_tokens!r}"
+                )
         df = self.recorder.to_frame()
         check_invariants(df, n if ids is None else list(ids))
         return SimResult(records=df, counters=self._counters(wall_s))
@@ -399,7 +409,13 @@ class FastSimulator:
             self._record_prediction(r, preds[0])
             self.frontend_predictor_s += delay
         w = self._select_worker(r)
-        if delay > 0:
+        if delay > 0:  # Scheduler.assign: its load counts from now, not after the latency
+            wk = self.workers[w]
+            r.worker = w
+            r.assigned = True
+            wk.num_outstanding += 1
+            if r.predicted_remaining_tokens is not None:
+                self._set_load(wk, r, r.predicted_remaining_tokens)
             self._push(now + delay, _ENQUEUE, w, r)
         else:
             self._enqueue(r, self.workers[w], now)
@@ -424,10 +440,13 @@ class FastSimulator:
     def _set_load(self, wk: _Worker, r: _Req, tokens: float) -> None:
         wk.predicted_outstanding_tokens += tokens - r.load
         r.load = tokens
+        if wk.predicted_outstanding_tokens > wk.peak_load:
+            wk.peak_load = wk.predicted_outstanding_tokens
 
     def _enqueue(self, r: _Req, wk: _Worker, now: float) -> None:
-        r.worker = wk.wid
-        wk.num_outstanding += 1
+        if not r.assigned:
+            r.worker = wk.wid
+            wk.num_outstanding += 1
         if r.predicted_remaining_tokens is not None:
             r.needs_prediction = False
             self._set_load(wk, r, r.predicted_remaining_tokens)
@@ -470,6 +489,8 @@ class FastSimulator:
                     r.predicted_remaining_tokens = p
                     r.needs_prediction = False
                 wk.predicted_outstanding_tokens = pot
+                if pot > wk.peak_load:  # only the scale of check_idle's tolerance
+                    wk.peak_load = pot
                 for r in wk.pending:
                     push(buf, (keyf(r), r))
                 wk.pending = []
@@ -480,26 +501,21 @@ class FastSimulator:
         # --- contenders (at a boundary) against the buffer (Scheduler._split_running/_select)
         if self.preemption:
             continuing = [r for r in running if not r.at_boundary]
-            margin = self.margin
-            if margin:
-                keyed = []
-                for r in running:
-                    if r.at_boundary:
-                        k = keyf(r)
-                        keyed.append(((k[0] - margin,) + k[1:], r))
-            else:
-                keyed = [(keyf(r), r) for r in running if r.at_boundary]
+            keyed = [(keyf(r), r) for r in running if r.at_boundary]
             if len(keyed) > 1:
                 keyed.sort(key=_first)
         else:
             continuing, keyed = running, []
+        # Scheduler._incumbent_keeps: a challenger displaces an at-boundary request only if
+        # its key is lower by MORE than the margin (keys without tie-breakers).
+        margin = self.margin
         free = self.B - len(continuing)
         selected: list[_Req] = []
         from_buffer: list[_Req] = []
         i, nc = 0, len(keyed)
         while len(selected) < free:
             if i < nc:
-                if not buf or keyed[i][0] <= buf[0][0]:
+                if not buf or not buf[0][0][0] < keyed[i][0][0] - margin:
                     selected.append(keyed[i][1])
                     i += 1
                     continue
@@ -508,7 +524,7 @@ class FastSimulator:
             r = heapq.heappop(buf)[1]
             selected.append(r)
             from_buffer.append(r)
-        while i < nc:  # preempted: back to the buffer with their key (no margin)
+        while i < nc:  # preempted: back to the buffer with their key
             r = keyed[i][1]
             r.num_preemptions += 1
             wk.num_preemptions += 1
@@ -543,34 +559,62 @@ class FastSimulator:
 
     # ------------------------------------------------------------------ the window (SimWorker)
     def _execute(self, wk: _Worker, start: float, prefill_total: int, max_steps: int | None) -> None:
-        """Per-item tokens, stop times and first-token times of ``wk.running`` from ``start``."""
+        """``SimWorker.execute`` on ``wk.running`` from ``start``: tokens, finishes, stop and first times.
+
+        Plans (``SimWorker.plan``): a request that ends by EOS (target < max_tokens) with
+        ``rem`` tokens left in a window of budget ``m`` makes ``rem`` tokens in ``rem + 1``
+        steps and finishes if ``rem + 1 <= m``, else ``m`` tokens in ``m`` steps; a 'length'
+        request makes ``min(m, rem)`` tokens in as many steps and finishes when that is ``rem``.
+        """
         cm = self.cost_model
         batch = wk.running
-        n_plan = [min(r.max_new, r.target - r.num_generated_tokens) for r in batch]
+        max_tokens = self.table.max_tokens
+        toks, steps, fins = [], [], []
+        for r in batch:
+            rem = r.target - r.num_generated_tokens
+            m = r.max_new
+            if r.target < max_tokens:  # ends by EOS: one more step after its last token
+                if rem + 1 <= m:
+                    toks.append(rem)
+                    steps.append(rem + 1)
+                    fins.append(True)
+                else:
+                    toks.append(m)
+                    steps.append(m)
+                    fins.append(False)
+            else:
+                n = m if m < rem else rem
+                toks.append(n)
+                steps.append(n)
+                fins.append(n == rem)
         t0 = start + cm.prefill_time_s(prefill_total)
         wk.start = start
         wk.prefill_total = prefill_total
+        wk.steps = steps
+        wk.max_steps = max_steps
         b = len(batch)
         if self.mode == "continuous":
-            steps = min(n_plan)
+            st = min(steps)
             if max_steps is not None:
-                steps = min(steps, max_steps)
+                st = min(st, max_steps)
             ctx = sum(r.num_prompt_tokens + r.num_generated_tokens for r in batch)
-            end = t0 + cm.decode_time_s(b, ctx, steps)
-            first = t0 + cm.decode_step_time_s(b, ctx) if steps else None
-            wk.n_tok, wk.ends, wk.firsts = [steps] * b, [end] * b, [first] * b
+            end = t0 + cm.decode_time_s(b, ctx, st)
+            first = t0 + cm.decode_step_time_s(b, ctx) if st else None
+            wk.n_tok = [x if x < st else st for x in toks]
+            wk.fins = [f and st >= x for f, x in zip(fins, steps)]
+            wk.ends, wk.firsts = [end] * b, [first] * b
             return
-        wk.n_tok = n_plan
-        lo = min(n_plan)
-        if lo > 0 and lo == max(n_plan):  # every item runs the same tokens: one decode segment
+        wk.n_tok, wk.fins = toks, fins
+        lo = min(steps)
+        if lo > 0 and lo == max(steps):  # every item decodes the same steps: one segment
             ctx = sum([r.num_prompt_tokens + r.num_generated_tokens for r in batch])
             wk.ends = [t0 + cm.decode_time_s(b, ctx, lo)] * b
             wk.firsts = [t0 + cm.decode_step_time_s(b, ctx)] * b
             return
         ends = [t0] * b
         firsts: list = [None] * b
-        order = sorted(range(b), key=n_plan.__getitem__)
-        active = [j for j in order if n_plan[j] > 0]
+        order = sorted(range(b), key=steps.__getitem__)
+        active = [j for j in order if steps[j] > 0]
         nb = len(active)
         ctxs = [r.num_prompt_tokens + r.num_generated_tokens for r in batch]
         ctx = sum(ctxs[j] for j in active)
@@ -580,10 +624,10 @@ class FastSimulator:
                 firsts[j] = first
         t, done, k, na = t0, 0, 0, nb
         while k < na:
-            target = n_plan[active[k]]
+            target = steps[active[k]]
             t += cm.decode_time_s(nb, ctx + done * nb, target - done)
             done = target
-            while k < na and n_plan[active[k]] == target:
+            while k < na and steps[active[k]] == target:
                 j = active[k]
                 ends[j] = t
                 ctx -= ctxs[j]
@@ -593,7 +637,9 @@ class FastSimulator:
 
     def _cut_segment(self, wk: _Worker, now: float) -> None:
         """Continuous mode: end the running segment at the first step boundary >= now."""
-        planned = wk.n_tok[0] if wk.n_tok else 0
+        planned = min(wk.steps, default=0)
+        if wk.max_steps is not None:
+            planned = min(planned, wk.max_steps)
         cm = self.cost_model
         t0 = wk.start + cm.prefill_time_s(wk.prefill_total)
         ctx = sum(r.num_prompt_tokens + r.num_generated_tokens for r in wk.running)
@@ -612,7 +658,7 @@ class FastSimulator:
         max_tokens = self.table.max_tokens
         still: list[_Req] = []
         done: list[_Req] = []
-        for r, n, end, first in zip(wk.running, wk.n_tok, wk.ends, wk.firsts):
+        for r, n, fin, end, first in zip(wk.running, wk.n_tok, wk.fins, wk.ends, wk.firsts):
             if n:
                 r.num_generated_tokens += n
                 load = r.load
@@ -641,7 +687,7 @@ class FastSimulator:
                 if r.iv is not None:
                     r.iv.append([start, end])
             g = r.num_generated_tokens
-            if g >= r.target:
+            if fin or g >= max_tokens:
                 wk.predicted_outstanding_tokens += 0.0 - r.load
                 r.load = 0.0
                 wk.num_outstanding -= 1
@@ -669,15 +715,16 @@ class FastSimulator:
         n = r.num_generated_tokens
         first = r.first_tok
         ttft = first - arr if first is not None else _NAN
-        tpot = (finish - first) / (n - 1) if n >= 2 and first is not None else _NAN
         i = r.i
+        steps = n + 1 if reason == "eos" else n  # metrics.decode_steps: the EOS step counts
+        tpot = (finish - first) / (steps - 1) if first is not None and steps >= 2 else _NAN
         values = (
             r.request_id, r.worker, "FINISHED", reason, None,
             table.generators[i] if table.generators is not None else None, arr,
             first if first is not None else _NAN, finish, jct, jct - executed, executed,
-            r.max_gap if r.max_gap is not None else 0.0, ttft, tpot, r.num_prompt_tokens, n,
+            r.max_gap if r.max_gap is not None else 0.0, ttft, tpot, r.num_prompt_tokens, n, steps,
             int(table.num_output_tokens[i]), table.max_tokens, r.num_preemptions, 0,
-            r.first_predicted_tokens if r.first_predicted_tokens is not None else _NAN,
+            r.first_predicted_tokens if r.first_predicted_tokens is not None else _NAN, _NAN,
         )
         lists = None
         if r.iv is not None:

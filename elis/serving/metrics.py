@@ -51,7 +51,7 @@ class InvariantError(RuntimeError):
 class RequestRecorder:
     """Collects one row per terminal request in preallocated columns (one numpy array each).
 
-    Memory: ~200 bytes per recorded request (17 numeric columns × 8 bytes + 5 object
+    Memory: ~200 bytes per recorded request (19 numeric columns × 8 bytes + 5 object
     pointers; the id/status/reason strings are shared or owned by the workload) plus, with
     ``record_intervals``, the per-request lists. Columns grow by doubling; the DataFrame is
     built once by ``to_frame``.
@@ -73,7 +73,7 @@ class RequestRecorder:
         "num_recomputed_tokens", "first_predicted_tokens", "fail_time_s",
     )
     INT_COLUMNS = frozenset({
-        "worker_id", "num_prompt_tokens", "num_output_tokens", "true_num_output_tokens", "max_tokens",
+        "worker_id", "num_prompt_tokens", "num_output_tokens", "num_decode_steps", "true_num_output_tokens", "max_tokens",
         "num_preemptions", "num_recomputed_tokens",
     })
     OBJECT_COLUMNS = frozenset({"request_id", "status", "finish_reason", "fail_reason", "generator"})
