@@ -52,7 +52,7 @@ FAST_POLICIES: tuple[str, ...] = ("fcfs", "sjf", "isrtf", "srtf_oracle")
 _FAST_BALANCERS = (RoundRobin, LeastRequests, LeastPredictedTokens, PowerOfTwo)
 _NAN = math.nan
 _first = operator.itemgetter(0)
-_NOISE_BLOCK = 4096  # requests whose noise factors are drawn in one numpy call
+_CHUNK = 4096  # workload rows read (and noise factors drawn, in one numpy call) at a time
 
 
 def unsupported_reason(
@@ -290,7 +290,7 @@ class FastSimulator:
     def _noise_block(self, i0: int, i1: int) -> tuple:
         """Noise factors of requests ``i0..i1-1`` at every window boundary, in one numpy call.
 
-        Returns ``(keys, factors, offsets, i0, counts)``: request ``i``'s factor at step ``k``
+        Returns ``(keys, factors, offsets, counts)``: request ``i``'s factor at step ``k``
         (``k·W`` tokens generated) is ``factors[offsets[i − i0] + k]`` for ``k < counts[i − i0]``.
         """
         from elis.predictor.simple import noise_key, noise_multipliers
@@ -304,7 +304,7 @@ class FastSimulator:
         offsets = np.concatenate(([0], np.cumsum(counts)[:-1]))
         steps = np.arange(int(counts.sum())) - np.repeat(offsets, counts)
         factors = noise_multipliers(np.repeat(np.array(keys, dtype=np.uint64), counts), steps * self.W, sigma)
-        return keys, factors.tolist(), offsets.tolist(), i0, counts.tolist()
+        return keys, factors.tolist(), offsets.tolist(), counts.tolist()
 
     def _record_prediction(self, r: _Req, p: float) -> None:
         if r.preds is not None:
@@ -348,41 +348,49 @@ class FastSimulator:
         """
         wall0 = time.perf_counter()
         table, heap = self.table, self._heap
-        arrivals = table.arrival_time_s.tolist()
-        prompts = table.num_prompt_tokens.tolist()
-        outputs = table.num_output_tokens.tolist()
         ids = table.request_ids
         max_tokens = table.max_tokens
         record_lists = self.recorder.record_intervals
         noisy = self._noise is not None
-        block_end = 0
-        n, i = len(arrivals), 0
+        n, i = len(table), 0
+        # The workload is read in chunks (python lists of _CHUNK rows), never all at once.
+        c0 = c1 = 0
+        arrivals: list[float] = []
+        t_next = float(table.arrival_time_s[0]) if n else math.inf
         pop = heapq.heappop
+        workers = self.workers
         while i < n or heap:
-            if heap and (i >= n or heap[0][0] < arrivals[i]):
+            if heap and heap[0][0] < t_next:  # at equal times arrivals go first
                 t, _, kind, w, payload = pop(heap)
                 self.num_events += 1
                 if kind == _WINDOW_END:
-                    if payload == self.workers[w].version:
-                        self._on_window_end(self.workers[w], t)
+                    if payload == workers[w].version:
+                        self._on_window_end(workers[w], t)
                 elif kind == _KICK:
-                    if not self.workers[w].busy:
-                        self._start_window(self.workers[w], t)
+                    if not workers[w].busy:
+                        self._start_window(workers[w], t)
                 else:
-                    self._enqueue(payload, self.workers[w], t)
-            else:
-                rid = ids[i] if ids is not None else f"req-{i:07d}"
-                r = _Req(i, rid, arrivals[i], prompts[i], min(outputs[i], max_tokens))
-                if record_lists:
-                    r.preds, r.iv = [], []
+                    self._enqueue(payload, workers[w], t)
+                continue
+            if i >= c1:
+                c0, c1 = i, min(i + _CHUNK, n)
+                arrivals = table.arrival_time_s[c0:c1].tolist()
+                prompts = table.num_prompt_tokens[c0:c1].tolist()
+                outputs = table.num_output_tokens[c0:c1].tolist()
                 if noisy:
-                    if i >= block_end:
-                        block_end = min(i + _NOISE_BLOCK, n)
-                        block = self._noise_block(i, block_end)
-                    r.nkey, r.mult, r.moff, r.mcount = block[0][i - block[3]], block[1], block[2][i - block[3]], block[4][i - block[3]]
-                self._on_arrival(r, arrivals[i])
-                self.num_events += 1
-                i += 1
+                    keys, factors, offsets, counts = self._noise_block(c0, c1)
+            j = i - c0
+            rid = ids[i] if ids is not None else f"req-{i:07d}"
+            now = arrivals[j]
+            r = _Req(i, rid, now, prompts[j], min(outputs[j], max_tokens))
+            if record_lists:
+                r.preds, r.iv = [], []
+            if noisy:
+                r.nkey, r.mult, r.moff, r.mcount = keys[j], factors, offsets[j], counts[j]
+            i += 1
+            t_next = (arrivals[j + 1] if i < c1 else float(table.arrival_time_s[i])) if i < n else math.inf
+            self._on_arrival(r, now)
+            self.num_events += 1
         wall_s = time.perf_counter() - wall0
         for wk in self.workers:  # Scheduler.check_idle
             tol = 1e-6 * max(1.0, wk.peak_load)

@@ -157,3 +157,12 @@ def test_unsupported_configurations_fall_back_with_a_reason():
     assert simulate(table, {"policy": "isrtf"}, path="auto", **kw).counters["sim_path"] == "general"
     with pytest.raises(ValueError, match=r"sim_path='quick' is not one of \['auto', 'fast', 'general'\]"):
         simulate(table, {"policy": "isrtf"}, path="quick", **kw)
+
+
+def test_workload_read_in_chunks(monkeypatch):
+    import elis.serving.fastsim as fastsim
+
+    monkeypatch.setattr(fastsim, "_CHUNK", 7)  # chunk edges inside arrival ties and noise blocks
+    table = workload(n=60, workers=2, seed=5)
+    sched = {"policy": "isrtf", "mode": "continuous", "preemption": True}
+    assert_same(*run_both(table, sched, workers=2, lb="least_predicted_tokens"))
