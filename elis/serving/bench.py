@@ -12,6 +12,8 @@ alpaca_eval test split when built (``data/alpaca_eval``) else log-normal (median
 overhead: µs per ``schedule`` + ``update`` decision against the number of waiting requests.
 scalability (arXiv 2505.09142 §5.4: ELIS sustains 18.77 req/s on 50 H100 workers): for each
 worker count, the highest Poisson rate whose mean queuing delay stays below 0.5 s (bisection).
+Every simulation runs through ``elis.experiments.run.simulate`` (the fast path when supported,
+``run_sim(path=...)`` to force one); ``elis.serving.bench_scale`` is the 1M-request benchmark.
 Figures are printed; nothing here is asserted.
 """
 

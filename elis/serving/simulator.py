@@ -19,6 +19,11 @@ starts after ``overhead_s`` → ``SimWorker.execute`` gives each item's tokens a
 at the window's end ``Scheduler.update``. In continuous mode, an arrival at a worker with a
 free slot cuts the running segment at the first decode-step boundary at or after the arrival
 (at least one step), so the slot is refilled at the next decode step, as in vLLM.
+
+This is the GENERAL path (the per-window ``WindowBatch``/``WindowResult`` protocol real
+workers use). ``elis.serving.fastsim.FastSimulator`` applies the same rules on flat state,
+with identical records, ~5-10x faster; ``elis.experiments.run.simulate`` picks it when the
+configuration is supported (``worker.sim_path``).
 """
 
 from __future__ import annotations

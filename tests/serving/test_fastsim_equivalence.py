@@ -108,7 +108,7 @@ def test_one_worker_every_policy_mode_and_preemption(mode, policy, preemption):
 @pytest.mark.parametrize("mode", ["windowed", "continuous"])
 @pytest.mark.parametrize("policy", ["fcfs", "isrtf", "srtf_oracle"])
 def test_several_workers_and_balancers(lb, mode, policy):
-    table = workload(n=150, workers=3, seed=1)
+    table = workload(n=100, workers=3, seed=1)
     assert_same(*run_both(table, {"policy": policy, "mode": mode, "preemption": True}, workers=3, lb=lb))
 
 
