@@ -85,9 +85,9 @@ def run_sim(table, num_workers: int, cost_model, policy: str = "isrtf", mode: st
             predictor: str = "oracle", seed: int = 0, path: str = "auto"):
     """Simulate ``table``; returns the ``SimResult`` (records without interval lists).
 
-    ``path``: 'auto' | 'general' | 'fast' (see ``elis.experiments.run.simulate``).
+    ``path``: 'auto' | 'general' | 'fast' (see ``elis.serving.runtime.simulate``).
     """
-    from elis.experiments.run import simulate
+    from elis.serving.runtime import simulate
     from elis.predictor.simple import NoisyOraclePredictor, OraclePredictor
     from elis.serving.load_balancer import LeastPredictedTokens
     from elis.serving.prediction import PredictionService

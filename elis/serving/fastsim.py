@@ -40,7 +40,7 @@ import numpy as np
 
 from elis.serving.cost_model import CostModel
 from elis.serving.load_balancer import LeastPredictedTokens, LeastRequests, LoadBalancer, PowerOfTwo, RoundRobin
-from elis.serving.metrics import InvariantError, RequestRecorder, check_invariants
+from elis.serving.metrics import InvariantError, RequestRecorder, check_invariants, fail_reason_kind
 from elis.serving.prediction import PredictionService, reveal_prefix
 from elis.serving.scheduler import Scheduler
 from elis.serving.simulator import RequestTable, SimResult
@@ -82,6 +82,7 @@ def unsupported_reason(
             and s.window_tokens == s0.window_tokens and s.preemption == s0.preemption
             and s.preemption_margin == s0.preemption_margin and s.predictor is s0.predictor
             and s.scheduling_overhead_s == s0.scheduling_overhead_s
+            and s.max_context_tokens == s0.max_context_tokens
         )
         if not same:
             return "workers with different scheduler settings"
@@ -100,14 +101,17 @@ class _Req:
     """One active request's state (fields named as on ``Request`` where they mean the same)."""
 
     __slots__ = (
-        "i", "request_id", "arrival_time_s", "num_prompt_tokens", "target", "num_generated_tokens",
+        "i", "true_len", "max_tokens", "request_id", "arrival_time_s", "num_prompt_tokens", "target", "num_generated_tokens",
         "first_predicted_tokens", "predicted_remaining_tokens", "load", "needs_prediction", "at_boundary",
         "started", "first_tok", "exec_s", "iv_start", "iv_end", "max_gap", "num_preemptions", "worker",
         "nkey", "mult", "moff", "mcount", "preds", "iv", "max_new", "assigned",
     )
 
-    def __init__(self, i: int, rid: str, arrival: float, prompt: int, target: int) -> None:
+    def __init__(self, i: int, rid: str, arrival: float, prompt: int, true_len: int, max_tokens: int) -> None:
         self.i = i
+        self.true_len = true_len
+        self.max_tokens = max_tokens
+        target = true_len if true_len < max_tokens else max_tokens
         self.request_id = rid
         self.arrival_time_s = arrival
         self.num_prompt_tokens = prompt
@@ -230,6 +234,11 @@ class FastSimulator:
         self.preemption = s0.preemption
         self.margin = s0.preemption_margin
         self.sched_overhead_s = s0.scheduling_overhead_s
+        self.max_context_tokens = s0.max_context_tokens
+        # PredictionService.observe_finished: online predictors (gbdt) learn from finished answers
+        self._observe = getattr(getattr(s0.predictor, "predictor", None), "observe_finished", None)
+        self.num_max_tokens_capped = 0
+        self._failure_kinds_logged: set[str] = set()
         self.uses_boundaries = s0.uses_boundaries
         self.workers = [_Worker(s.worker_id) for s in schedulers]
         self._heap: list[tuple] = []
@@ -318,7 +327,7 @@ class FastSimulator:
     def _key_fn(self):
         """``r -> SchedulingPolicy.sort_key(r)`` specialised to the policy (same arithmetic)."""
         pol = self.policy
-        name, alpha, mt = pol.name, pol.aging_tokens_per_s, self.table.max_tokens
+        name, alpha = pol.name, pol.aging_tokens_per_s
         if name == "fcfs":
             return lambda r: (r.arrival_time_s, r.arrival_time_s, r.request_id)
         if name == "srtf_oracle":
@@ -326,15 +335,15 @@ class FastSimulator:
                 return float(r.target - r.num_generated_tokens)
         elif name == "isrtf":
             def raw(r):
-                return float(min(max(r.predicted_remaining_tokens, 0.0), mt - r.num_generated_tokens))
+                return float(min(max(r.predicted_remaining_tokens, 0.0), r.max_tokens - r.num_generated_tokens))
         else:  # sjf: the first prediction, never updated
             def raw(r):
-                return float(min(max(r.first_predicted_tokens, 0.0), mt))
+                return float(min(max(r.first_predicted_tokens, 0.0), r.max_tokens))
         if alpha:
             return lambda r: (raw(r) + alpha * r.arrival_time_s, r.arrival_time_s, r.request_id)
         if name == "isrtf":  # the hot case, without the extra call
             return lambda r: (
-                float(min(max(r.predicted_remaining_tokens, 0.0), mt - r.num_generated_tokens)),
+                float(min(max(r.predicted_remaining_tokens, 0.0), r.max_tokens - r.num_generated_tokens)),
                 r.arrival_time_s, r.request_id,
             )
         return lambda r: (raw(r), r.arrival_time_s, r.request_id)
@@ -382,7 +391,7 @@ class FastSimulator:
             j = i - c0
             rid = ids[i] if ids is not None else f"req-{i:07d}"
             now = arrivals[j]
-            r = _Req(i, rid, now, prompts[j], min(outputs[j], max_tokens))
+            r = _Req(i, rid, now, prompts[j], outputs[j], max_tokens)
             if record_lists:
                 r.preds, r.iv = [], []
             if noisy:
@@ -458,6 +467,16 @@ class FastSimulator:
         if r.predicted_remaining_tokens is not None:
             r.needs_prediction = False
             self._set_load(wk, r, r.predicted_remaining_tokens)
+        cap = self.max_context_tokens
+        if cap is not None:  # Scheduler._context_rejection
+            if r.num_prompt_tokens >= cap:
+                self._reject(wk, r, now, f"prompt has {r.num_prompt_tokens} tokens; the model's context length "
+                             f"is max_context_tokens={cap} (prompt + output)")
+                return
+            if r.num_prompt_tokens + r.max_tokens > cap:
+                r.max_tokens = cap - r.num_prompt_tokens
+                r.target = r.true_len if r.true_len < r.max_tokens else r.max_tokens
+                self.num_max_tokens_capped += 1
         if self.policy.uses_predictions and r.needs_prediction:
             wk.pending.append(r)
         else:
@@ -466,6 +485,29 @@ class FastSimulator:
             self._push(now, _KICK, wk.wid, None)
         elif self.mode == "continuous" and len(wk.running) < self.B:
             self._cut_segment(wk, now)
+
+    def _reject(self, wk: _Worker, r: _Req, now: float, reason: str) -> None:
+        """``Scheduler._fail`` at admission + the simulator's record of a rejected request."""
+        self._set_load(wk, r, 0.0)
+        wk.num_outstanding -= 1
+        self.num_active -= 1
+        kind = fail_reason_kind(reason)
+        level = logging.DEBUG if kind in self._failure_kinds_logged else logging.WARNING
+        self._failure_kinds_logged.add(kind)
+        log.log(level, "worker %d: request %s failed: %s", wk.wid, r.request_id, reason)
+        i = r.i
+        gen = self.table.generators
+        target = r.true_len if r.true_len < r.max_tokens else r.max_tokens
+        values = (
+            r.request_id, r.worker, "FAILED", None, reason, gen[i] if gen is not None else None, r.arrival_time_s,
+            _NAN, _NAN, _NAN, _NAN, 0, _NAN, _NAN, _NAN, r.num_prompt_tokens, 0, 0, r.true_len, r.max_tokens,
+            0, 0, r.first_predicted_tokens if r.first_predicted_tokens is not None else _NAN, now,
+        )
+        lists = None
+        if r.iv is not None:
+            preds = r.preds or []
+            lists = ([], [], [g for g, _ in preds], [p for _, p in preds], [target - g for g, _ in preds])
+        self.recorder.add_row(values, lists)
 
     # ------------------------------------------------------------------ one decision
     def _start_window(self, wk: _Worker, now: float) -> None:
@@ -543,16 +585,16 @@ class FastSimulator:
         if not batch:
             return
         # --- items: max_new and prefill (the prompt at the first admission; KV is never dropped here)
-        W, max_tokens = self.W, self.table.max_tokens
+        W = self.W
         if self.uses_boundaries:
             for r in batch:
                 g = r.num_generated_tokens
-                cap = max_tokens - g
+                cap = r.max_tokens - g
                 w_left = W - g % W
                 r.max_new = w_left if w_left < cap else cap
         else:
             for r in batch:
-                r.max_new = max_tokens - r.num_generated_tokens
+                r.max_new = r.max_tokens - r.num_generated_tokens
         prefill_total = 0
         for r in from_buffer:
             if not r.started:
@@ -576,12 +618,11 @@ class FastSimulator:
         """
         cm = self.cost_model
         batch = wk.running
-        max_tokens = self.table.max_tokens
         toks, steps, fins = [], [], []
         for r in batch:
             rem = r.target - r.num_generated_tokens
             m = r.max_new
-            if r.target < max_tokens:  # ends by EOS: one more step after its last token
+            if r.target < r.max_tokens:  # ends by EOS: one more step after its last token
                 if rem + 1 <= m:
                     toks.append(rem)
                     steps.append(rem + 1)
@@ -663,7 +704,6 @@ class FastSimulator:
         wk.busy = False
         start, windowed = wk.start, self.mode == "windowed"
         uses_b, isrtf = self.uses_boundaries, self.policy.name == "isrtf"
-        max_tokens = self.table.max_tokens
         still: list[_Req] = []
         done: list[_Req] = []
         for r, n, fin, end, first in zip(wk.running, wk.n_tok, wk.fins, wk.ends, wk.firsts):
@@ -695,11 +735,14 @@ class FastSimulator:
                 if r.iv is not None:
                     r.iv.append([start, end])
             g = r.num_generated_tokens
-            if fin or g >= max_tokens:
+            if fin or g >= r.max_tokens:
                 wk.predicted_outstanding_tokens += 0.0 - r.load
                 r.load = 0.0
                 wk.num_outstanding -= 1
-                self._record(r, end, "length" if g >= max_tokens else "eos")
+                reason = "length" if g >= r.max_tokens else "eos"
+                if self._observe is not None and reason != "length":
+                    self._observe_finished(r)
+                self._record(r, end, reason)
                 done.append(r)
                 continue
             if windowed and n < r.max_new:
@@ -713,6 +756,11 @@ class FastSimulator:
         wk.running = still
         self.num_active -= len(done)
         self._start_window(wk, now)
+
+    def _observe_finished(self, r: _Req) -> None:
+        t = self.table
+        prompt = t.prompts[r.i] if t.prompts is not None else ""
+        self._observe(prompt, t.generators[r.i] if t.generators is not None else None, int(r.num_generated_tokens))
 
     def _record(self, r: _Req, finish: float, reason: str) -> None:
         """One FINISHED row, with ``RequestRecorder.add``'s formulas."""
@@ -731,7 +779,7 @@ class FastSimulator:
             table.generators[i] if table.generators is not None else None, arr,
             first if first is not None else _NAN, finish, jct, jct - executed, executed,
             r.max_gap if r.max_gap is not None else 0.0, ttft, tpot, r.num_prompt_tokens, n, steps,
-            int(table.num_output_tokens[i]), table.max_tokens, r.num_preemptions, 0,
+            r.true_len, r.max_tokens, r.num_preemptions, 0,
             r.first_predicted_tokens if r.first_predicted_tokens is not None else _NAN, _NAN,
         )
         lists = None

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from elis.experiments.run import simulate
+from elis.serving.runtime import simulate
 from elis.predictor.base import TimedPredictor
 from elis.predictor.simple import NoisyOraclePredictor, OraclePredictor, PromptLengthPredictor
 from elis.serving.cost_model import CostModel
@@ -59,12 +59,35 @@ class TextLengthPredictor(TimedPredictor):
         return np.array([max(90.0 - len(q.partial_response) / 3.0, 0.0) for q in queries])
 
 
+class OnlineMeanPredictor(TimedPredictor):
+    """Learns online: remaining = mean finished length of the generator so far − generated (gbdt-style)."""
+
+    name = "online_mean"
+    uses_text = False
+
+    def __init__(self):
+        super().__init__()
+        self.sums: dict = {}
+
+    def observe_finished(self, prompt, generator, num_output_tokens):
+        s, n = self.sums.get(generator, (0.0, 0))
+        self.sums[generator] = (s + num_output_tokens + len(prompt) % 3, n + 1)
+
+    def _predict(self, queries):
+        out = []
+        for q in queries:
+            s, n = self.sums.get(q.generator, (30.0, 1))
+            out.append(max(s / n - q.num_generated_tokens, 0.0))
+        return np.array(out)
+
+
 def service(kind: str, latency: str = "cost_model") -> PredictionService:
     pred = {
         "oracle": lambda: OraclePredictor(),
         "noisy_oracle": lambda: NoisyOraclePredictor(0.7, seed=5),
         "prompt_length": lambda: PromptLengthPredictor(intercept=20.0, slope=0.1),
         "text": lambda: TextLengthPredictor(),
+        "online": lambda: OnlineMeanPredictor(),
     }[kind]()
     return PredictionService(pred, COST, latency_source=latency, window_tokens=W)
 
@@ -75,13 +98,13 @@ def balancer(kind: str):
 
 
 def run_both(table, sched, *, workers=1, lb="round_robin", pred="noisy_oracle", record_intervals=True,
-             reveal_text=False, batch=3):
+             reveal_text=False, batch=3, max_context_tokens=None):
     out = {}
     for path in ("general", "fast"):
         out[path] = simulate(
             table, sched, num_workers=workers, max_batch_size=batch, window_tokens=W, cost_model=COST,
             load_balancer=balancer(lb), prediction=service(pred), record_intervals=record_intervals,
-            reveal_text=reveal_text, path=path,
+            reveal_text=reveal_text, max_context_tokens=max_context_tokens, path=path,
         )
     return out["general"], out["fast"]
 
@@ -121,12 +144,23 @@ def test_margins_and_aging(mode, extra, policy):
     assert_same(*run_both(table, {"policy": policy, "mode": mode, "preemption": True, **extra}, batch=2))
 
 
-@pytest.mark.parametrize("pred", ["oracle", "prompt_length", "text"])
+@pytest.mark.parametrize("pred", ["oracle", "prompt_length", "text", "online"])
 @pytest.mark.parametrize("mode", ["windowed", "continuous"])
 def test_other_predictors_through_the_service(pred, mode):
     table = workload(n=80, workers=2, seed=3)
     sched = {"policy": "isrtf", "mode": mode, "preemption": True}
     assert_same(*run_both(table, sched, workers=2, lb="least_predicted_tokens", pred=pred, reveal_text=pred == "text"))
+
+
+@pytest.mark.parametrize("mode", ["windowed", "continuous"])
+@pytest.mark.parametrize("policy", ["sjf", "isrtf", "srtf_oracle"])
+def test_context_length_rule_rejects_and_caps(mode, policy):
+    table = workload(n=100, workers=2, seed=6)
+    general, fast = run_both(table, {"policy": policy, "mode": mode}, workers=2, lb="least_predicted_tokens",
+                             max_context_tokens=250)
+    status = general.records["status"]
+    assert (status == "FAILED").sum() > 0 and (general.records["max_tokens"] < MAX_TOKENS).sum() > 0
+    assert_same(general, fast)
 
 
 def test_without_interval_lists_and_with_batch_one():
@@ -138,7 +172,7 @@ def test_without_interval_lists_and_with_batch_one():
 
 
 def test_unsupported_configurations_fall_back_with_a_reason():
-    from elis.experiments.run import build_schedulers
+    from elis.serving.runtime import build_schedulers
 
     svc = service("noisy_oracle")
 
