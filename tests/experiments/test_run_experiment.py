@@ -135,7 +135,7 @@ def test_sim_path_auto_runs_the_fast_path_with_the_general_paths_records(tiny, c
     def run_path(path):
         sub = tiny / f"path-{path}"
         cfg = compose_cfg("run_experiment", BASE + ["sched=isrtf", f"worker.sim_path={path}", f"paths.output_dir={sub}"])
-        with caplog.at_level(logging.INFO, logger="elis.experiments.run"):
+        with caplog.at_level(logging.INFO, logger="elis.serving.runtime"):
             run(cfg)
         return pd.read_parquet(sub / "requests.parquet"), json.loads((sub / "metrics.json").read_text())
 
@@ -147,6 +147,6 @@ def test_sim_path_auto_runs_the_fast_path_with_the_general_paths_records(tiny, c
     caplog.clear()
     cfg = compose_cfg("run_experiment", BASE + ["sched=isrtf", "worker.kv_capacity_tokens=100000",
                                                 f"paths.output_dir={tiny / 'kv'}"])
-    with caplog.at_level(logging.INFO, logger="elis.experiments.run"):
+    with caplog.at_level(logging.INFO, logger="elis.serving.runtime"):
         run(cfg)
     assert "simulation path: general (fast path not used: worker.kv_capacity_tokens" in caplog.text
