@@ -271,6 +271,107 @@ def _precompute(cfg: DictConfig, prediction: PredictionService | None) -> bool:
 
 
 # ---------------------------------------------------------------------- entry
+SIZE_KEYS = ("num_requests", "max_tokens", "max_batch_size", "window_tokens", "num_workers")
+ARTEFACT_KEYS = ("ckpt_path", "model_path", "path")
+
+
+def validate_sizes(cfg: DictConfig) -> None:
+    """Each of ``SIZE_KEYS`` must be an integer ≥ 1.
+
+    Raises:
+        UserError: naming the key and its value (``num_requests=0``, ``max_tokens=None``).
+    """
+    from elis.cli import UserError
+
+    for key in SIZE_KEYS:
+        v = cfg.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UserError(f"{key}={v!r} is not allowed: {key} must be an integer >= 1")
+
+
+def choose_predictor(candidates: list[tuple[str, Path | None]], fallback: str) -> tuple[str, str]:
+    """``(name, reason)``: the first candidate whose artefact file exists, else ``fallback``."""
+    for name, artefact in candidates:
+        if artefact is not None and Path(artefact).is_file():
+            return name, f"its trained artefact {artefact} exists"
+    looked = ", ".join(str(a) for _, a in candidates if a is not None) or "nothing"
+    return fallback, f"no trained predictor for this data (looked for {looked})"
+
+
+def _artefact_of(cfg: DictConfig) -> Path | None:
+    rt = cfg.predictor.get("runtime") or {}
+    for k in ARTEFACT_KEYS:
+        if rt.get(k):
+            return Path(str(rt.get(k)))
+    return None
+
+
+def resolve_predictor(cfg: DictConfig) -> DictConfig:
+    """Replace ``predictor=auto`` by the chosen option (``choose_predictor``); log which and why."""
+    from elis.config import CONFIG_DIR
+
+    p = cfg.get("predictor")
+    if p is None or p.get("name") != "auto":
+        return cfg
+    cfg = cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    options = {}
+    for name in list(p.candidates):
+        trial = cfg.copy()
+        trial.predictor = OmegaConf.load(CONFIG_DIR / "predictor" / f"{name}.yaml")
+        options[name] = (trial.predictor, _artefact_of(trial))
+    name, reason = choose_predictor([(n, a) for n, (_, a) in options.items()], str(p.fallback))
+    cfg.predictor = options[name][0] if name in options else OmegaConf.load(
+        CONFIG_DIR / "predictor" / f"{name}.yaml")
+    if name in options:
+        log.info("predictor=auto → %s: %s", name, reason)
+    else:
+        log.warning("predictor=auto → %s: %s; train one with `python train.py predictor=%s data=%s`",
+                    name, reason, list(p.candidates)[0], cfg.data.name)
+    cfg.predictor_choice = {"name": name, "reason": reason}
+    return cfg
+
+
+def ensure_dataset(cfg: DictConfig) -> None:
+    """Build the small embedded default dataset when it is missing (any other is left to the user)."""
+    if (Path(cfg.paths.data_dir) / cfg.data.name / "pairs").exists() or cfg.data.name != "embedded":
+        return
+    from elis.data.build import run as build_run
+
+    log.info("data=embedded is not built yet; building it now (about a minute)")
+    build_run(OmegaConf.create({"data": OmegaConf.to_container(cfg.data, resolve=False),
+                                "paths": OmegaConf.to_container(cfg.paths, resolve=False),
+                                "seed": cfg.seed, "task_name": "build_dataset"}))
+
+
+def format_results(results: dict) -> str:
+    """The lines ``run_experiment.py`` prints: run folder, then one line per variant.
+
+    Raises:
+        UserError: when no variant finished any request (names the failure counts).
+    """
+    from elis.cli import UserError
+
+    results = dict(results)
+    out_dir = results.pop("output_dir", None)
+
+    def f(v) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    lines = [f"run directory: {out_dir}"]
+    for name, m in results.items():
+        lines.append(f"{name:28s} jct_mean_s={f(m.get('jct_mean_s'))} jct_p99_s={f(m.get('jct_p99_s'))} "
+                     f"queuing_delay_mean_s={f(m.get('queuing_delay_mean_s'))} "
+                     f"preemptions={m.get('num_preemptions')} finished={m.get('num_finished')} "
+                     f"failed={m.get('num_failed')}")
+    if results and all(not m.get("num_finished") for m in results.values()):
+        print("\n".join(lines))
+        failed = {n: m.get("num_failed") for n, m in results.items()}
+        raise UserError(f"no request finished in any variant (num_failed per variant: {failed}); "
+                        f"see metrics.json and requests.parquet in {out_dir}")
+    return "\n".join(lines)
+
+
 def build_prediction(cfg: DictConfig, cost_model: CostModel, table: RequestTable) -> PredictionService | None:
     """Instantiate ``cfg.predictor.runtime`` and wrap it; precompute all steps when configured."""
     import hydra.utils
@@ -308,6 +409,9 @@ def run(cfg: DictConfig) -> dict:
     """Run the configured experiment; returns ``{variant_name: metrics}`` (+ ``output_dir``)."""
     import hydra.utils
 
+    validate_sizes(cfg)
+    ensure_dataset(cfg)
+    cfg = resolve_predictor(cfg)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
