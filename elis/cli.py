@@ -80,6 +80,10 @@ def prepare_environment(probe: Callable[[], bool] = hub_reachable) -> dict[str, 
             set_now[name] = value
 
     default("TOKENIZERS_PARALLELISM", "false")
+    if not getattr(sys.stderr, "isatty", lambda: False)():
+        # redirected output: no \r progress bars from datasets / transformers / the hub
+        default("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        default("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     default("WANDB_MODE", "offline")
     if "HF_HUB_OFFLINE" in os.environ:
         default("TRANSFORMERS_OFFLINE", os.environ["HF_HUB_OFFLINE"])

@@ -311,9 +311,9 @@ class TextEncoder:
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         it = batches
         if progress:
-            from tqdm import tqdm
+            from elis.progress import progress as progress_bar
 
-            it = tqdm(batches, desc=f"embed {self.model_name}", unit="batch")
+            it = progress_bar(batches, desc=f"embed {self.model_name}", unit="batch")
         with torch.inference_mode():
             for b in it:
                 enc = self.tokenizer.pad({"input_ids": [ids[i] for i in b]}, return_tensors="pt")
