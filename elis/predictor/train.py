@@ -352,6 +352,16 @@ def run(cfg) -> dict[str, Any]:
         ValueError: for a predictor config that is not trainable (oracle, constant, ...).
         FileNotFoundError: for a missing dataset or checkpoint (naming the command to run).
     """
+    if not cfg.predictor.get("trainable", False):
+        raise ValueError(
+            f"predictor={cfg.predictor.name!r} is not trainable; train.py needs a learned "
+            "predictor config: predictor=minilm, predictor=bge or predictor=bge_large"
+        )
+    from elis.cli import ensure_model_available
+    from elis.predictor.encoder import resolve_model_path
+
+    if cfg.train:  # offline and not on disk: fail now, before the imports and the dataset
+        ensure_model_available("predictor.encoder.model_name", resolve_model_path(cfg.predictor.encoder.model_name))
     from omegaconf import OmegaConf
 
     from elis.predictor.baselines import fit_baselines, predict_baseline
@@ -361,11 +371,6 @@ def run(cfg) -> dict[str, Any]:
     from elis.predictor.metrics import evaluate_frame
     from elis.predictor.module import LengthRegressor
 
-    if not cfg.predictor.get("trainable", False):
-        raise ValueError(
-            f"predictor={cfg.predictor.name!r} is not trainable; train.py needs a learned "
-            "predictor config: predictor=minilm, predictor=bge or predictor=bge_large"
-        )
     import torch
 
     torch.set_num_threads(int(cfg.num_threads))
@@ -388,6 +393,7 @@ def run(cfg) -> dict[str, Any]:
         enc_kwargs = dict(module.hparams.encoder)
     else:
         enc_kwargs = _encoder_kwargs(cfg)
+        ensure_model_available("predictor.encoder.model_name", resolve_model_path(enc_kwargs["model_name"]))
 
     ds = load_iterative(cfg.paths.data_dir, cfg.data.name)
     subset = OmegaConf.to_container(cfg.subset, resolve=True)
