@@ -202,8 +202,6 @@ def _real_stage(cfg: DictConfig, run_dir: Path) -> tuple[str, float]:
 
     t0 = time.perf_counter()
     reps = int(cfg.real_repeats)
-    if reps < 1:
-        raise ValueError(f"real_repeats={reps} must be >= 1 (or real_run=false)")
     rows: list[dict] = []
     first_cfg = None
     names: list[str] = []
@@ -287,6 +285,14 @@ def job(cfg: DictConfig) -> None:
     from elis.data.build import format_summary
     from elis.data.build import run as build_run
 
+    from elis.cli import UserError
+
+    for key in ("load_factor", "real_load_factor"):
+        if not isinstance(cfg[key], (int, float)) or isinstance(cfg[key], bool) or not cfg[key] > 0:
+            raise UserError(f"{key}={cfg[key]!r} is not allowed: {key} must be a number > 0")
+    if cfg.real_run and (not isinstance(cfg.real_repeats, int) or cfg.real_repeats < 1):
+        raise UserError(f"real_repeats={cfg.real_repeats!r} is not allowed: it must be an integer >= 1 "
+                        "(or real_run=false)")
     t0 = time.perf_counter()
     run_dir = Path(cfg.paths.output_dir)
     print(f"[1/4] building dataset data={cfg.data} ...", flush=True)
