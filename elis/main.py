@@ -272,6 +272,48 @@ def _real_markdown(rows, summ, names, ecfg, run_dir: Path, reps: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _sim_seeds_stage(cfg: DictConfig, run_dir: Path, first: dict) -> str:
+    """Rerun the simulated comparison with seeds seed+1 … seed+sim_seeds−1 (other workloads:
+    requests and arrivals) and tabulate each variant's mean-JCT change vs windowed FCFS with
+    its spread over the seeds; a change whose interval contains 0 is marked as not shown."""
+    from omegaconf import open_dict
+
+    from elis.experiments.run import run as exp_run
+
+    n = int(cfg.sim_seeds)
+    if n < 2:
+        return ""
+    rows = [{"pair": 0, "variant": k, "jct_mean_s": m.get("jct_mean_s")}
+            for k, m in first.items() if isinstance(m, dict)]
+    for i in range(1, n):
+        seed = int(cfg.seed) + i
+        print(f"[3/4] simulated comparison, seed {seed} ({i + 1}/{n}) ...", flush=True)
+        ecfg = _experiment_cfg(cfg, run_dir, list(cfg.experiment), float(cfg.load_factor),
+                               f"experiment_seed{seed}", seed=seed)
+        with open_dict(ecfg):
+            ecfg.plots = False
+        rows += [{"pair": i, "variant": k, "jct_mean_s": m.get("jct_mean_s")}
+                 for k, m in exp_run(ecfg).items() if isinstance(m, dict)]
+    base = "fcfs_windowed"
+    names = [r["variant"] for r in rows if r["pair"] == 0 and r["variant"] != base]
+    lines = [f"Mean JCT change vs windowed FCFS over {n} seeds ({cfg.seed}…{int(cfg.seed) + n - 1}: "
+             "each seed draws other requests and arrival times; 95% t-interval over seeds):", "",
+             "| variant | per seed | mean | 95% interval | shown? |", "|---|---|---|---|---|"]
+    summary = {}
+    for name in names:
+        s = paired_summary(rows, base, name)
+        summary[name] = s
+        if s["mean_pct"] is None:
+            lines.append(f"| {name} | n/a | n/a | n/a | no |")
+            continue
+        ci = s["ci95_pct"]
+        lines.append(f"| {name} | {', '.join(f'{d:+.1f}%' for d in s['diffs_pct'])} | {s['mean_pct']:+.1f}% | "
+                     f"{'n/a' if ci is None else f'[{ci[0]:+.1f}%, {ci[1]:+.1f}%]'} | "
+                     f"{'no: inside the spread' if s['inside_spread'] else 'yes'} |")
+    (run_dir / "experiment_seeds.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
+    return "\n".join(lines) + "\n"
+
+
 def _predictor_plots(pred: dict, cfg: DictConfig, run_dir: Path) -> str:
     model_dir = Path(pred.get("model_ckpt", "")).parent if pred.get("model_ckpt") else None
     for d in (run_dir / "train" / "plots", (model_dir / "plots") if model_dir else None):
@@ -290,6 +332,8 @@ def job(cfg: DictConfig) -> None:
     for key in ("load_factor", "real_load_factor"):
         if not isinstance(cfg[key], (int, float)) or isinstance(cfg[key], bool) or not cfg[key] > 0:
             raise UserError(f"{key}={cfg[key]!r} is not allowed: {key} must be a number > 0")
+    if not isinstance(cfg.sim_seeds, int) or cfg.sim_seeds < 1:
+        raise UserError(f"sim_seeds={cfg.sim_seeds!r} is not allowed: it must be an integer >= 1")
     if cfg.real_run and (not isinstance(cfg.real_repeats, int) or cfg.real_repeats < 1):
         raise UserError(f"real_repeats={cfg.real_repeats!r} is not allowed: it must be an integer >= 1 "
                         "(or real_run=false)")
@@ -303,11 +347,13 @@ def job(cfg: DictConfig) -> None:
     print(_predictor_table(pred))
     print("[3/4] simulated comparison (all policies, windowed and continuous) ...", flush=True)
     t_sim = time.perf_counter()
-    _, sim_dir, sim_cfg = _experiment_stage(cfg, run_dir, list(cfg.experiment),
-                                            float(cfg.load_factor), "experiment")
-    sim_s = time.perf_counter() - t_sim
+    sim_res, sim_dir, sim_cfg = _experiment_stage(cfg, run_dir, list(cfg.experiment),
+                                                  float(cfg.load_factor), "experiment")
     sim_md = (sim_dir / "comparison.md").read_text()
     print(sim_md)
+    seeds_md = _sim_seeds_stage(cfg, run_dir, sim_res)
+    print(seeds_md)
+    sim_s = time.perf_counter() - t_sim
     real_md, real_s = None, 0.0
     if cfg.real_run:
         print(f"[4/4] short real run on SmolLM2 (worker=hf): {cfg.real_repeats} pairs of FCFS and "
@@ -324,7 +370,7 @@ def job(cfg: DictConfig) -> None:
         "## Dataset", "", "```", format_summary(manifest), "```", "",
         "## Predictor (test split)", "", _predictor_table(pred), _predictor_plots(pred, cfg, run_dir), "",
         "## Scheduling comparison (simulator)", "",
-        _section_header(sim_cfg, sim_dir, "Simulated workload"), "", sim_md,
+        _section_header(sim_cfg, sim_dir, "Simulated workload"), "", sim_md, seeds_md,
         "Short/long JCT: mean JCT of the requests in the lowest/highest third of true output "
         "length. Each cell: value (change vs windowed FCFS / change vs continuous FCFS). "
         "The simulator is deterministic: the same seed gives the same table.", "",
