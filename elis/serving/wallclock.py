@@ -172,6 +172,7 @@ class WallClockRunner:
             done, _ = cf.wait(list(self._inflight), timeout=timeout, return_when=cf.FIRST_COMPLETED)
             for fut in sorted(done, key=lambda f: self._inflight[f][0]):
                 self._on_window_end(fut)
+            self._log_progress(i, n)
         wall_s = self.now()
         df = self.recorder.to_frame()
         # The real model decides each length, so the simulator's "generated exactly the true
@@ -180,6 +181,17 @@ class WallClockRunner:
         check_invariants(df.assign(true_num_output_tokens=-1),
                          n if table.request_ids is None else list(table.request_ids))
         return df, self._counters(wall_s)
+
+    PROGRESS_EVERY_S = 30.0
+
+    def _log_progress(self, arrived: int, n: int) -> None:
+        """A plain progress line every ``PROGRESS_EVERY_S`` wall seconds (long real runs)."""
+        now = self.now()
+        if now - getattr(self, "_last_progress_s", 0.0) < self.PROGRESS_EVERY_S:
+            return
+        self._last_progress_s = now
+        log.info("wall-clock run: %.0f s, %d/%d arrived, %d done, %d in flight",
+                 now, arrived, n, arrived - len(self.active), len(self.active))
 
     def _busy(self, w: int) -> bool:
         return any(v[0] == w for v in self._inflight.values())
