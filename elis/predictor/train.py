@@ -360,7 +360,7 @@ def run(cfg) -> dict[str, Any]:
     from elis.cli import ensure_model_available
     from elis.predictor.encoder import OFFLINE_ENCODER_HINT, resolve_model_path
 
-    if cfg.train:  # offline and not on disk: fail now, before the imports and the dataset
+    if cfg.train and cfg.predictor.get("encoder") is not None:  # offline, not on disk: fail now
         ensure_model_available("predictor.encoder.model_name",
                                resolve_model_path(cfg.predictor.encoder.model_name), OFFLINE_ENCODER_HINT)
     from omegaconf import OmegaConf
