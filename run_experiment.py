@@ -16,10 +16,17 @@ register_resolvers()
 
 
 def task(cfg: DictConfig) -> dict:
-    from elis.experiments.run import format_results, run
+    from elis.cli import UserError
+    from elis.experiments.report import no_completion_message, summary_line
+    from elis.experiments.run import run
 
     results = run(cfg)
-    print(format_results(results))
+    print(f"run directory: {results.pop('output_dir')}")
+    for name, m in results.items():
+        print(summary_line(name, m))
+    msg = no_completion_message(results)
+    if msg:  # by design: a run whose numbers are all undefined must not look like a success
+        raise UserError(msg)
     return results
 
 

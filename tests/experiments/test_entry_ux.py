@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
 from serving_factories import write_tiny_dataset  # noqa: E402
 
 from elis.cli import UserError  # noqa: E402
-from elis.experiments.run import choose_predictor, format_results, resolve_predictor, run  # noqa: E402
+from elis.experiments.run import choose_predictor, resolve_predictor, run  # noqa: E402
 
 BASE = ["data.name=tiny", "num_requests=6", "max_tokens=200", "workload.rate_rps=2.0", "plots=false"]
 
@@ -49,18 +49,6 @@ def test_auto_predictor_uses_trained_checkpoint_when_present(tmp_path, compose_c
     chosen = resolve_predictor(cfg)
     assert chosen.predictor.name == "minilm" and str(chosen.predictor.runtime.ckpt_path) == str(ckpt)
     assert cfg.predictor.name == "auto"  # the caller's config is not changed
-
-
-def test_format_results_and_nothing_finished():
-    ok = {"output_dir": "d", "fcfs": {"jct_mean_s": 1.5, "jct_p99_s": None, "queuing_delay_mean_s": 0.25,
-                                      "num_preemptions": 0, "num_finished": 3, "num_failed": 1}}
-    text = format_results(ok)
-    assert text.splitlines() == ["run directory: d",
-                                 f"{'fcfs':28s} jct_mean_s=1.500 jct_p99_s=n/a queuing_delay_mean_s=0.250 "
-                                 "preemptions=0 finished=3 failed=1"]
-    none = {"output_dir": "d", "fcfs": {"jct_mean_s": None, "num_finished": 0, "num_failed": 4}}
-    with pytest.raises(UserError, match=r"no request finished.*'fcfs': 4"):
-        format_results(none)
 
 
 def test_paired_summary_hand_computed():
