@@ -84,6 +84,7 @@ def prepare_environment(probe: Callable[[], bool] = hub_reachable) -> dict[str, 
         # redirected output: no \r progress bars from datasets / transformers / the hub
         default("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         default("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        default("TQDM_DISABLE", "1")  # raw tqdm bars of libraries (e.g. transformers' GGUF loading)
     default("WANDB_MODE", "offline")
     if "HF_HUB_OFFLINE" in os.environ:
         default("TRANSFORMERS_OFFLINE", os.environ["HF_HUB_OFFLINE"])
