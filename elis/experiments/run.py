@@ -173,12 +173,12 @@ def resolve_max_tokens(cfg: DictConfig) -> int:
 
 
 def warn_if_overloaded(wl: pd.DataFrame, cost_model: CostModel, max_batch_size: int,
-                       num_workers: int) -> float | None:
+                       num_workers: int, max_tokens: int | None = None) -> float | None:
     """Log a warning when the offered load exceeds the capacity the cost model implies.
 
     Offered rate = (N − 1) / (last − first arrival); capacity from
-    ``estimate_capacity_rps`` with the workload's mean prompt and output tokens, times the
-    number of workers. Above it the queue grows for the whole run and JCT reflects run length
+    ``estimate_capacity_rps`` with the workload's mean prompt and output tokens (each output
+    capped at ``max_tokens``, what is actually generated), times the number of workers. Above it the queue grows for the whole run and JCT reflects run length
     more than scheduling. Returns the offered load as a fraction of capacity (None for < 2 requests).
     """
     from elis.serving.cost_model import estimate_capacity_rps
@@ -187,9 +187,9 @@ def warn_if_overloaded(wl: pd.DataFrame, cost_model: CostModel, max_batch_size: 
     if len(t) < 2 or t[-1] <= t[0]:
         return None
     offered = (len(t) - 1) / (t[-1] - t[0])
+    out_tokens = wl["num_output_tokens"].clip(upper=max_tokens) if max_tokens else wl["num_output_tokens"]
     capacity = num_workers * estimate_capacity_rps(
-        cost_model, float(wl["num_prompt_tokens"].mean()), float(wl["num_output_tokens"].mean()),
-        max_batch_size,
+        cost_model, float(wl["num_prompt_tokens"].mean()), float(out_tokens.mean()), max_batch_size,
     )
     load = offered / capacity
     msg = "offered load %.3f req/s = %.2f x the estimated capacity %.3f req/s (cost model %s, %d worker(s))"
@@ -380,7 +380,8 @@ def run(cfg: DictConfig) -> dict:
                 rcfg.workload.rate_rps = float(rate)
             rdir = out_dir / "rates" / f"{float(rate):g}"
         table, wl = build_table(rcfg)
-        warn_if_overloaded(wl, cost_model, int(rcfg.max_batch_size), int(rcfg.num_workers))
+        warn_if_overloaded(wl, cost_model, int(rcfg.max_batch_size), int(rcfg.num_workers),
+                           int(rcfg.max_tokens))
         rdir.mkdir(parents=True, exist_ok=True)
         wl.to_parquet(rdir / "workload.parquet", index=False)
         prediction = build_prediction(rcfg, cost_model, table)
