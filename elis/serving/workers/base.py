@@ -13,6 +13,10 @@ Execution semantics a worker must honour:
   after ``max_new_tokens`` tokens ('length' if that reaches the request's ``max_tokens``,
   otherwise it merely reached its window boundary and is NOT finished) or when it emits EOS
   ('eos', finished). A max_tokens cap reached exactly at the boundary is finished 'length'.
+- EOS (every backend, ``elis.serving.metrics``): the EOS step is a decode step of the window
+  (it uses one unit of ``max_new_tokens``) but the EOS token is NOT reported as a token
+  (``num_new_tokens``/``new_token_ids`` exclude it); ``end_s`` is the end of the EOS step. A
+  window may therefore report 0 tokens, finished 'eos' (content ended at the last boundary).
 - ``stop_on_first=False`` (windowed mode, the paper): the batch runs until every item has
   stopped; slots of items that stopped early stay idle until the window ends.
 - ``stop_on_first=True`` (continuous mode): the worker returns after the first decode step
@@ -28,7 +32,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-FINISH_REASONS: tuple[str, ...] = ("eos", "length")
+FINISH_REASONS: tuple[str, ...] = ("eos", "length", "stop", "abort")
+
+
+class WorkerDied(RuntimeError):
+    """A worker stopped mid-window (crash, unreachable server, injected fault): the runner
+    marks it dead and requeues its requests. Any OTHER exception from ``execute`` is a batch
+    error: the worker stays alive and only that window's requests fail (with the error)."""
 
 
 @dataclass(slots=True)
@@ -46,6 +56,7 @@ class WindowItem:
         num_prefill_tokens: tokens to prefill before decoding (0 = KV resident).
         num_context_tokens: prompt + already generated tokens (decode cost input).
         max_tokens: the request's total cap; reaching it → finished 'length'.
+        sampling: the request's ``SamplingOptions`` (None: the worker's defaults).
     """
 
     request_id: str
@@ -56,6 +67,7 @@ class WindowItem:
     num_prefill_tokens: int
     num_context_tokens: int
     max_tokens: int
+    sampling: object | None = None
 
 
 @dataclass(slots=True)
@@ -88,6 +100,8 @@ class WindowResult:
         first_token_time_s: when its first token of this window was emitted, or None if it
             produced no token.
         token_times_s: per-token emission times when the worker measures them, else None.
+        error: set when the backend cannot run THIS request (bad input, context too long):
+            the scheduler fails it alone with this reason and the worker keeps serving.
     """
 
     request_id: str
@@ -100,6 +114,7 @@ class WindowResult:
     end_s: float = 0.0
     first_token_time_s: float | None = None
     token_times_s: list[float] | None = None
+    error: str | None = None
 
 
 @runtime_checkable
