@@ -32,14 +32,16 @@ from omegaconf import DictConfig, OmegaConf
 from elis.rng import make_rng
 from elis.serving.cost_model import CostModel
 from elis.serving.metrics import RequestRecorder, summarize
-from elis.serving.policy import SchedulingPolicy
+from elis.serving.policy import make_policy
 from elis.serving.prediction import PredictionService
 from elis.serving.scheduler import Scheduler
 from elis.serving.simulator import RequestTable, Simulator
 
 log = logging.getLogger(__name__)
 
-SCHED_KEYS = ("policy", "mode", "preemption", "preemption_margin", "aging_tokens_per_s", "promote_after_s")
+SCHED_KEYS = (
+    "policy", "mode", "preemption", "preemption_margin", "aging_tokens_per_s", "promote_after_s", "policy_params",
+)
 
 
 # ---------------------------------------------------------------------- workload
@@ -185,10 +187,11 @@ def build_schedulers(
     kv_capacity_tokens: int | None, prediction: PredictionService | None, cost_model: CostModel,
 ) -> list[Scheduler]:
     """One ``Scheduler`` per worker from a plain ``sched`` dict (keys ``SCHED_KEYS``)."""
-    policy = SchedulingPolicy(
-        name=sched["policy"],
+    policy = make_policy(
+        sched["policy"],
         aging_tokens_per_s=float(sched.get("aging_tokens_per_s", 0.0) or 0.0),
         promote_after_s=sched.get("promote_after_s"),
+        **dict(sched.get("policy_params") or {}),
     )
     return [
         Scheduler(
@@ -300,7 +303,10 @@ def variants_of(cfg: DictConfig) -> list[tuple[str, dict]]:
         unknown = sorted(set(v) - set(SCHED_KEYS))
         if unknown:
             raise ValueError(f"compare.variants[{name}] has unknown keys {unknown}; valid: {list(SCHED_KEYS)}")
-        out.append((name, {**base, **v}))
+        merged = {**base, **v}
+        if v.get("policy", base.get("policy")) != base.get("policy") and "policy_params" not in v:
+            merged.pop("policy_params", None)  # another policy's parameters do not carry over
+        out.append((name, merged))
     return out
 
 

@@ -1,7 +1,8 @@
 """Per-worker priority buffer of waiting requests (a heap with lazy deletion).
 
 Order: ``SchedulingPolicy``'s rule — ``(tier, sort_key)`` lowest first, where ``sort_key`` =
-``(key, arrival_time_s, request_id)`` is computed once at ``push`` (see ``elis.serving.policy``
+``(key, arrival_time_s, arrival_seq)`` is computed once at ``push`` (a push counter breaks any
+remaining tie FIFO, so requests are never compared themselves) (see ``elis.serving.policy``
 for why that is exact even with aging). With ``promote_after_s`` a FIFO of enqueue times
 finds requests that have waited that long; they form tier 0, served in enqueue order.
 
@@ -12,6 +13,7 @@ the request is ``in_buffer`` and its ``buffer_version`` matches).
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import deque
 
 from elis.serving.request import Request
@@ -26,7 +28,8 @@ class PriorityBuffer:
 
     def __init__(self, promote_after_s: float | None = None) -> None:
         self.promote_after_s = promote_after_s
-        self._heap: list[tuple[tuple, int, Request]] = []
+        self._heap: list[tuple[tuple, int, int, Request]] = []
+        self._push_seq = itertools.count()
         self._fifo: deque[tuple[float, int, Request]] = deque()
         self._size = 0
 
@@ -40,7 +43,7 @@ class PriorityBuffer:
         request.buffer_version += 1
         request.in_buffer = True
         request.enqueue_time_s = now_s
-        heapq.heappush(self._heap, (request.sort_key, request.buffer_version, request))
+        heapq.heappush(self._heap, (request.sort_key, next(self._push_seq), request.buffer_version, request))
         if self.promote_after_s is not None:
             self._fifo.append((now_s, request.buffer_version, request))
         self._size += 1
@@ -51,7 +54,7 @@ class PriorityBuffer:
 
     def _clean(self) -> None:
         heap = self._heap
-        while heap and not self._valid(heap[0][1], heap[0][2]):
+        while heap and not self._valid(heap[0][2], heap[0][3]):
             heapq.heappop(heap)
         fifo = self._fifo
         while fifo and not self._valid(fifo[0][1], fifo[0][2]):
@@ -63,7 +66,7 @@ class PriorityBuffer:
         if self._fifo and self._fifo[0][0] <= now_s - self.promote_after_s:  # type: ignore[operator]
             return 0, self._fifo[0][2]
         if self._heap:
-            return 1, self._heap[0][2]
+            return 1, self._heap[0][3]
         return None
 
     def pop(self, now_s: float) -> Request | None:
@@ -83,4 +86,4 @@ class PriorityBuffer:
 
     def requests(self) -> list[Request]:
         """The waiting requests (unordered snapshot)."""
-        return [r for _, v, r in self._heap if self._valid(v, r)]
+        return [r for _, _, v, r in self._heap if self._valid(v, r)]

@@ -28,14 +28,19 @@ that does not fit, cached KV of waiting requests is dropped worst-key first; a d
 request is re-prefilled (prompt + generated tokens, added to ``num_recomputed_tokens``)
 when it resumes. A request that cannot fit even on an empty worker FAILS with a reason.
 
-Predictions: requests flagged ``needs_prediction`` (on arrival, and for ``isrtf`` at each
-window boundary) are predicted in ONE batched call at the start of ``schedule``; the
+Predictions: requests flagged ``needs_prediction`` (on arrival, and at each window boundary
+for a policy that ``uses_predictions`` and ``repredicts``) are predicted in ONE batched call at the start of ``schedule``; the
 predictor's charged latency and ``scheduling_overhead_s`` are returned in ``overhead_s``
-(the window starts that much later).
+(the window starts that much later). A policy with ``quantile_levels`` (gittins) also gets
+the predictor's quantiles of the remaining tokens for the same requests (no extra latency is
+charged: the distribution comes from the same model call in a real predictor). At every
+decision the predicted and true remaining tokens of the competing requests (buffer + running
+at a boundary) feed ``ranking`` (mean Kendall τ among co-waiting requests), when known.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -44,6 +49,7 @@ import numpy as np
 
 from elis.serving.buffer import PriorityBuffer
 from elis.serving.policy import SchedulingPolicy
+from elis.serving.ranking import RankingTracker
 from elis.serving.request import Request, RequestStatus
 from elis.serving.workers.base import WindowBatch, WindowItem, WindowResult
 
@@ -57,6 +63,10 @@ class PredictionSource(Protocol):
 
     def predict(self, requests: list[Request]) -> tuple[np.ndarray, float]:
         """Predicted remaining tokens, shape (len(requests),), and the seconds to charge."""
+        ...
+
+    def predict_quantiles(self, requests: list[Request], levels) -> np.ndarray:
+        """Quantiles of the remaining tokens at ``levels``, shape (len(requests), len(levels))."""
         ...
 
 
@@ -130,8 +140,7 @@ class Scheduler:
             raise ValueError(f"window_tokens must be >= 1, got {window_tokens!r}")
         if kv_capacity_tokens is not None and not kv_capacity_tokens >= 1:
             raise ValueError(f"kv_capacity_tokens must be >= 1 or null, got {kv_capacity_tokens!r}")
-        if policy.uses_predictions and predictor is None:
-            raise ValueError(f"policy {policy.name!r} needs a predictor; got predictor=None")
+        policy.validate_predictor(predictor)
         self.worker_id = worker_id
         self.policy = policy
         self.max_batch_size = max_batch_size
@@ -148,6 +157,8 @@ class Scheduler:
         self._cached_waiting: dict[str, Request] = {}  # preempted, KV still resident
         self._cached_waiting_tokens = 0
         self.uses_boundaries = mode == "windowed" or policy.repredicts or preemption
+        self._arrival_seq = itertools.count()  # for requests submitted without an arrival_seq
+        self.ranking = RankingTracker()
         # counters
         self.num_decisions = 0
         self.num_preemptions = 0
@@ -183,6 +194,8 @@ class Scheduler:
         if request.status is not RequestStatus.WAITING or request.has_started:
             raise ValueError(f"request {request.request_id!r} is not new (status={request.status.name})")
         request.worker_id = self.worker_id
+        if request.arrival_seq < 0:
+            request.arrival_seq = next(self._arrival_seq)
         if request.predicted_remaining_tokens is not None:
             request.needs_prediction = False
             self._set_load(request, request.predicted_remaining_tokens)
@@ -198,6 +211,8 @@ class Scheduler:
         self.num_decisions += 1
         pred_latency = self._predict_pending(now_s)
         contenders, continuing = self._split_running()
+        if self.policy.uses_predictions:
+            self._observe_ranking(contenders)
         out = SchedulerOutput(now_s=now_s, batch=WindowBatch(self.worker_id, []))
         selected, preempted = self._select(contenders, continuing, now_s, out)
         for r in preempted:
@@ -228,6 +243,10 @@ class Scheduler:
         preds, latency_s = self.predictor.predict(todo)  # type: ignore[union-attr]
         for r, p in zip(todo, preds, strict=True):
             self._set_prediction(r, float(p))
+        if self.policy.quantile_levels is not None:
+            qs = self.predictor.predict_quantiles(todo, self.policy.quantile_levels)  # type: ignore[union-attr]
+            for r, q in zip(todo, qs, strict=True):
+                r.predicted_quantiles = q
         for r in self._pending:
             r.sort_key = self.policy.sort_key(r)
             self.buffer.push(r, now_s)
@@ -235,6 +254,19 @@ class Scheduler:
         self.num_predictions += len(todo)
         self.predictor_latency_total_s += latency_s
         return latency_s
+
+    def _observe_ranking(self, contenders: list[Request]) -> None:
+        """τ between predicted and true remaining tokens of the requests competing now."""
+        group = [r for r in self.buffer.requests() if r.predicted_remaining_tokens is not None] + [
+            r for r in contenders if r.predicted_remaining_tokens is not None
+        ]
+        if len(group) < 2 or group[0].true_num_output_tokens is None:
+            return
+        if any(r.true_num_output_tokens is None for r in group):
+            return
+        pred = np.fromiter((r.predicted_remaining_tokens for r in group), np.float64, len(group))
+        true = np.fromiter((r.true_remaining_tokens for r in group), np.float64, len(group))
+        self.ranking.observe(pred, true)
 
     def _set_prediction(self, r: Request, predicted: float) -> None:
         self._set_load(r, predicted)
@@ -396,7 +428,7 @@ class Scheduler:
                     "tokens without finishing"
                 )
             r.at_boundary = n == item.max_new_tokens and self.uses_boundaries
-            if r.at_boundary and self.policy.name == "isrtf":
+            if r.at_boundary and self.policy.uses_predictions and self.policy.repredicts:
                 r.needs_prediction = True
             still.append(r)
         self.running = still

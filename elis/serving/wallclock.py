@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from elis.serving.metrics import RequestRecorder, check_invariants, summarize
+from elis.serving.ranking import ranking_counters
 from elis.serving.request import Request, RequestStatus
 
 log = logging.getLogger(__name__)
@@ -255,7 +256,7 @@ class WallClockRunner:
             s.buffer.remove(r)
         s.running, s._pending = [], []
         s.predicted_outstanding_tokens = 0.0
-        for r in sorted(orphans, key=lambda r: (r.arrival_time_s, r.request_id)):
+        for r in sorted(orphans, key=lambda r: (r.arrival_time_s, r.arrival_seq)):
             self._requeue(r, now)
 
     def _requeue(self, r: Request, now: float) -> None:
@@ -293,6 +294,7 @@ class WallClockRunner:
             "schedule_wall_s": self.schedule_wall_s,
             "frontend_predictor_wall_s": self.frontend_predictor_wall_s,
             "num_worker_faults": len(self.faults),
+            **ranking_counters(s),
             "faults": [
                 {"worker_id": f.worker_id, "time_s": f.time_s, "error": f.error,
                  "num_requeued": len(f.requeued_request_ids), "requeued_request_ids": f.requeued_request_ids}
