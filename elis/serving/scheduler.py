@@ -199,7 +199,8 @@ class Scheduler:
         if request.predicted_remaining_tokens is not None:
             request.needs_prediction = False
             self._set_load(request, request.predicted_remaining_tokens)
-        if self.policy.uses_predictions and request.needs_prediction:
+        wants_quantiles = self.policy.quantile_levels is not None and request.predicted_quantiles is None
+        if self.policy.uses_predictions and (request.needs_prediction or wants_quantiles):
             self._pending.append(request)
         else:
             request.sort_key = self.policy.sort_key(request)
@@ -240,9 +241,12 @@ class Scheduler:
         todo = self._pending + [r for r in self.running if r.needs_prediction]
         if not todo:
             return 0.0
-        preds, latency_s = self.predictor.predict(todo)  # type: ignore[union-attr]
-        for r, p in zip(todo, preds, strict=True):
-            self._set_prediction(r, float(p))
+        point = [r for r in todo if r.needs_prediction]  # pending ones may hold the frontend's
+        latency_s = 0.0
+        if point:
+            preds, latency_s = self.predictor.predict(point)  # type: ignore[union-attr]
+            for r, p in zip(point, preds, strict=True):
+                self._set_prediction(r, float(p))
         if self.policy.quantile_levels is not None:
             qs = self.predictor.predict_quantiles(todo, self.policy.quantile_levels)  # type: ignore[union-attr]
             for r, q in zip(todo, qs, strict=True):
@@ -251,7 +255,7 @@ class Scheduler:
             r.sort_key = self.policy.sort_key(r)
             self.buffer.push(r, now_s)
         self._pending = []
-        self.num_predictions += len(todo)
+        self.num_predictions += len(point)
         self.predictor_latency_total_s += latency_s
         return latency_s
 
