@@ -64,7 +64,8 @@ def load_variants(run_dir: str | Path) -> pd.DataFrame:
         mean = per_seed.groupby("name", sort=False)[num].agg(lambda x: pd.to_numeric(x, errors="coerce").mean())
         out = first.drop(columns=num).join(mean).reset_index()
         out["num_seeds"] = per_seed.groupby("name", sort=False).size().to_numpy()
-        return _ordered(out[["name", "policy", "mode", "preemption", "run_dir", *num, "num_seeds"]])
+        cols = ["name", "policy", "mode", "preemption", "aging_tokens_per_s", "promote_after_s", "run_dir"]
+        return _ordered(out[[*cols, *num, "num_seeds"]])
     dirs = sorted(p.parent for p in root.glob("variants/*/metrics.json")) or (
         [root] if (root / "metrics.json").exists() else []
     )
@@ -81,6 +82,8 @@ def load_variants(run_dir: str | Path) -> pd.DataFrame:
                 "policy": v.get("policy", sched.get("policy")),
                 "mode": v.get("mode", sched.get("mode", "windowed")),
                 "preemption": v.get("preemption", sched.get("preemption")),
+                "aging_tokens_per_s": v.get("aging_tokens_per_s", sched.get("aging_tokens_per_s")),
+                "promote_after_s": v.get("promote_after_s", sched.get("promote_after_s")),
                 "run_dir": str(d),
                 **{k: m.get(k) for k in METRICS},
             }
