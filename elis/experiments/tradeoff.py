@@ -56,6 +56,8 @@ def tradeoff_frame(run_dir: str | Path, mode: str = "windowed") -> pd.DataFrame:
     out["isrtf_gain_share"] = (fcfs["jct_mean_s"] - out["jct_mean_s"]) / gain
     out["p99_vs_fcfs"] = out["jct_p99_s"] / fcfs["jct_p99_s"]
     out["meets_target"] = (out["jct_p99_s"] <= fcfs["jct_p99_s"]) & (out["isrtf_gain_share"] >= TARGET_GAIN_SHARE)
+    out = out.assign(_a=out["aging_tokens_per_s"].fillna(0), _p=out["promote_after_s"].fillna(float("inf")))
+    out = out.sort_values(["policy", "_p", "_a"], kind="stable").drop(columns=["_a", "_p"]).reset_index(drop=True)
     out.attrs.update(fcfs_p99_s=float(fcfs["jct_p99_s"]), fcfs_mean_s=float(fcfs["jct_mean_s"]),
                      isrtf_mean_s=float(isrtf["jct_mean_s"]))
     return out
