@@ -5,6 +5,9 @@ writes ``comparison.csv`` (one row per variant: every metric, its change vs wind
 vs continuous FCFS in percent) and ``comparison.md`` (the headline columns plus the share of
 oracle-SRTF's mean-JCT gain that ISRTF captures, per mode:
 ``(JCT_fcfs − JCT_isrtf) / (JCT_fcfs − JCT_srtf_oracle)``, same mode; undefined → 'n/a').
+Every table shows ``num_failed`` (latencies are over finished requests only) and lists the
+failure reasons of each variant that had failures (issue 11 item 12).
+``summary_line`` / ``no_completion_message`` format the CLI's closing lines.
 
 With ``compare.seeds`` each seed's folder gets its own tables and ``write_seed_comparison``
 writes the run's ``comparison.{csv,md}``: mean ± 95% Student-t half-width over seeds
@@ -39,10 +42,12 @@ HEADLINE: tuple[tuple[str, str], ...] = (
     ("jct_mean_s", "mean JCT (s)"), ("jct_p99_s", "p99 JCT (s)"), ("queuing_delay_mean_s", "mean queuing (s)"),
     ("ttft_mean_s", "mean TTFT (s)"), ("tpot_mean_s", "mean TPOT (s)"),
     ("jct_mean_s_short", "short JCT (s)"), ("jct_mean_s_long", "long JCT (s)"),
-    ("request_throughput_rps", "req/s"), ("num_preemptions", "preemptions"),
+    ("request_throughput_rps", "req/s"),
     ("oracle_gain_share", "share of oracle gain"), ("kendall_tau_cowaiting_mean", "τ co-waiting"),
     ("predicted_first_mean_tokens", "pred. tokens (k=0)"), ("num_output_tokens_mean", "gen. tokens"),
+    ("num_preemptions", "preemptions"), ("num_failed", "failed"),
 )
+COUNTS: frozenset[str] = frozenset({"num_preemptions", "num_failed"})  # shown without Δ %
 
 
 def load_variants(run_dir: str | Path) -> pd.DataFrame:
@@ -86,6 +91,8 @@ def load_variants(run_dir: str | Path) -> pd.DataFrame:
                 "promote_after_s": v.get("promote_after_s", sched.get("promote_after_s")),
                 "run_dir": str(d),
                 **{k: m.get(k) for k in METRICS},
+                "num_finished": m.get("num_finished"),
+                "fail_reasons": m.get("fail_reasons") or {},
             }
         )
     return _ordered(pd.DataFrame(rows))
@@ -137,6 +144,8 @@ def oracle_gain_share(df: pd.DataFrame, mode: str, metric: str = "jct_mean_s") -
     f, i, o = (_pick(df, p, mode) for p in ("fcfs", "isrtf", "srtf_oracle"))
     if f is None or i is None or o is None:
         return None
+    if any(x[metric] is None or pd.isna(x[metric]) for x in (f, i, o)):  # e.g. nothing finished
+        return None
     gain = f[metric] - o[metric]
     if not gain or pd.isna(gain):
         return None
@@ -170,6 +179,11 @@ def _share(v) -> str:
     return "n/a" if v is None or pd.isna(v) else f"{100 * v:.1f}%"
 
 
+def _count(v) -> str:
+    """A count (a float column when another variant lacks it): '3', or 'n/a'."""
+    return "n/a" if v is None or pd.isna(v) else f"{int(v):,}"
+
+
 def _pct(v) -> str:
     return "n/a" if v is None or pd.isna(v) else f"{v:+.1f}%"
 
@@ -182,18 +196,24 @@ def comparison_markdown(df: pd.DataFrame) -> str:
     for _, row in comp.iterrows():
         cells = [
             f"{_fmt(row[m])} ({_pct(row[f'{m}_vs_fcfs_windowed_pct'])} / {_pct(row[f'{m}_vs_fcfs_continuous_pct'])})"
-            if m in DELTA_METRICS else (_share(row[m]) if m == "oracle_gain_share" else _fmt(row[m]))
+            if m in DELTA_METRICS
+            else _count(row[m]) if m in COUNTS
+            else (_share(row[m]) if m == "oracle_gain_share" else _fmt(row[m]))
             for m, _ in HEADLINE
         ]
         lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
         "Cells: value (change vs windowed FCFS / change vs continuous FCFS); lower is better except req/s. "
+        "Latencies are over finished requests; 'failed' requests are not in them. "
         "Share of oracle gain = 1 − (JCT − JCT_srtf_oracle)/(JCT_fcfs − JCT_srtf_oracle), same mode; "
         "τ co-waiting = mean Kendall τ-b between predicted and true remaining tokens of the requests "
         "competing at each decision; pred./gen. tokens = mean step-0 predicted vs generated tokens."
     )
     lines.append(_load_line(df))
+    for _, row in comp.iterrows():
+        if row.get("num_failed"):
+            lines.append(f"- Failures in {row['name']}: {format_fail_reasons(row.get('fail_reasons'))}")
     for mode in ("windowed", "continuous"):
         share = oracle_gain_share(df, mode)
         lines.append(
@@ -306,6 +326,34 @@ def write_seed_comparison(run_dir: str | Path) -> tuple[Path, Path]:
     frame.to_csv(csv_path, index=False)
     md_path.write_text(seed_comparison_markdown(frame))
     return md_path, csv_path
+
+
+def format_fail_reasons(reasons: dict | None) -> str:
+    """``{reason kind: count}`` as 'count × reason; …' ('none' when empty)."""
+    if not reasons:
+        return "none"
+    return "; ".join(f"{n} × {k}" for k, n in reasons.items())
+
+
+def summary_line(name: str, m: dict) -> str:
+    """One line per variant for the CLI: headline numbers (n/a when undefined) and failures."""
+    line = (f"{name:28s} jct_mean_s={_fmt(m.get('jct_mean_s'))} jct_p99_s={_fmt(m.get('jct_p99_s'))} "
+            f"queuing_delay_mean_s={_fmt(m.get('queuing_delay_mean_s'))} preemptions={m.get('num_preemptions')} "
+            f"finished={m.get('num_finished')}/{m.get('num_requests')}")
+    if m.get("num_failed"):
+        line += f" failed={m['num_failed']} ({format_fail_reasons(m.get('fail_reasons'))})"
+    return line
+
+
+def no_completion_message(results: dict) -> str | None:
+    """A one-line error when some variant finished no request (its latencies are undefined), else None."""
+    empty = [name for name, m in results.items() if isinstance(m, dict) and not m.get("num_finished")]
+    if not empty:
+        return None
+    m = results[empty[0]]
+    return (f"no request finished in variant(s) {', '.join(empty)}: {m.get('num_failed', 0)} of "
+            f"{m.get('num_requests', 0)} failed ({format_fail_reasons(m.get('fail_reasons'))}); "
+            "metrics.json and requests.parquet were written, latency metrics are null")
 
 
 def write_comparison(run_dir: str | Path) -> tuple[Path, Path]:

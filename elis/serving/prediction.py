@@ -125,7 +125,8 @@ class PredictionService:
         )
 
     def precompute(self, requests: Iterable[Request]) -> int:
-        """Predict every window boundary ``g = k·W < target length`` of every request in one call.
+        """Predict every window boundary ``g = k·W <= target length`` of every request in one call
+        (``g = target`` when the answer is a multiple of W: its EOS step runs in one more window).
 
         Returns the number of (request, step) queries evaluated.
         """
@@ -138,7 +139,7 @@ class PredictionService:
             target = r.target_num_output_tokens
             if target is None:
                 raise ValueError(f"precompute needs the true length; request {r.request_id!r} has None")
-            for g in range(0, max(target, 1), w):
+            for g in range(0, target + 1, w):  # g = target: an EOS-only window still decides
                 keys.append((r.request_id, g))
                 queries.append(self.query_for(r, g))
         start = time.perf_counter()

@@ -19,7 +19,11 @@
   dead; the requests of that window and of its buffer return to live workers with the
   tokens confirmed by earlier windows (the failed window's tokens are discarded), and the
   fault is reported in ``metrics.json`` (``faults``). Nothing is lost or duplicated: the
-  records pass ``check_invariants``.
+  records pass ``check_invariants``, and every live worker ends idle with its load counters
+  at zero (``Scheduler.check_idle``; the dead worker is ``drain``-ed, the survivors count each
+  adopted request's outstanding prediction once, issue 11 item 4);
+* a request that can never fit in ``kv_capacity_tokens`` is rejected at arrival (FAILED
+  with a reason) and never blocks the queue.
 
 Outputs are the simulator's: ``requests.parquet`` and ``metrics.json`` (same summary keys,
 plus ``wall_s``, worker statistics and faults), so one report compares sim and real runs.
@@ -180,6 +184,8 @@ class WallClockRunner:
         # invariant (none lost or duplicated, terminal, times ordered) does.
         check_invariants(df.assign(true_num_output_tokens=-1),
                          n if table.request_ids is None else list(table.request_ids))
+        for s in self.schedulers:
+            s.check_idle()
         return df, self._counters(wall_s)
 
     def _busy(self, w: int) -> bool:
@@ -202,7 +208,8 @@ class WallClockRunner:
             r.record_prediction(float(preds[0]))
         live = self._live()
         w = live[self.lb.select(r, [self.schedulers[j] for j in live])]
-        self.schedulers[w].add_request(r, self.now())
+        if not self.schedulers[w].add_request(r, self.now()):
+            self._finalize(r)  # can never fit: rejected at once with its reason
 
     def _start_window(self, w: int) -> None:
         s = self.schedulers[w]
@@ -245,43 +252,25 @@ class WallClockRunner:
         now = self.now()
         self.alive[w] = False
         s = self.schedulers[w]
-        orphans = list(out.scheduled) + [r for r in s.running if r not in out.scheduled]
-        orphans += s.buffer.requests() + list(s._pending)
+        drained = s.drain()  # the dead worker's queues and load counters, emptied
+        orphans = [r for r in out.scheduled if not r.status.is_terminal]
+        orphans += [r for r in drained if not any(r is o for o in orphans)]
         fault = Fault(w, now, f"{type(exc).__name__}: {exc}"[:300], [r.request_id for r in orphans])
         self.faults.append(fault)
         log.error("worker %d failed at %.2f s (%s); requeueing %d requests", w, now, fault.error, len(orphans))
         if not self._live():
             raise RuntimeError(f"all workers failed; last fault: {fault.error}") from exc
-        for r in s.buffer.requests():
-            s.buffer.remove(r)
-        s.running, s._pending = [], []
-        s.predicted_outstanding_tokens = 0.0
         for r in sorted(orphans, key=lambda r: (r.arrival_time_s, r.arrival_seq)):
             self._requeue(r, now)
 
     def _requeue(self, r: Request, now: float) -> None:
-        """Give ``r`` (tokens confirmed so far) to a live worker's buffer as a resumed request.
-
-        The scheduler has no public "adopt a started request" call; this mirrors its
-        preemption path (``Scheduler._preempt``) with the KV marked absent, so the new
-        worker re-prefills prompt + confirmed tokens (counted in ``num_recomputed_tokens``).
-        """
+        """Give ``r`` (tokens confirmed so far) to a live worker as a resumed request
+        (``Scheduler.adopt_request``: KV absent, so the new worker re-prefills prompt +
+        confirmed tokens, counted in ``num_recomputed_tokens``)."""
         live = self._live()
         w = live[self.lb.select(r, [self.schedulers[j] for j in live])]
-        s = self.schedulers[w]
-        r.worker_id = w
-        r.status = RequestStatus.WAITING
-        r.kv_cached = False
-        r.at_boundary = True
-        r.in_buffer = False
-        if r.predicted_remaining_tokens is not None:
-            s.predicted_outstanding_tokens += r.predicted_remaining_tokens
-        if s.policy.uses_predictions and r.predicted_remaining_tokens is None:
-            r.needs_prediction = True
-            s._pending.append(r)
-        else:
-            r.sort_key = s.policy.sort_key(r)
-            s.buffer.push(r, now)
+        if not self.schedulers[w].adopt_request(r, now):
+            self._finalize(r)
 
     def _counters(self, wall_s: float) -> dict:
         s = self.schedulers

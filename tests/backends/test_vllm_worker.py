@@ -52,9 +52,10 @@ def test_window_results_map_finish_reasons_and_interpolate_times():
     a, bb, c, d = res
     assert (a.num_new_tokens, a.finished, a.finish_reason) == (4, False, None)  # window boundary
     assert (bb.finished, bb.finish_reason) == (True, "length")  # reached max_tokens=100
-    assert (c.num_new_tokens, c.finished, c.finish_reason) == (2, True, "eos")
+    # c's last id (2) is the EOS vLLM returns: dropped from the tokens, its step's time kept
+    assert (c.num_new_tokens, c.new_token_ids, c.finished, c.finish_reason) == (1, [6], True, "eos")
     assert (d.num_new_tokens, d.start_s, d.end_s) == (0, 10.0, 10.0)
-    assert a.token_times_s == [10.5, 11.0, 11.5, 12.0] and c.end_s == 11.0
+    assert a.token_times_s == [10.5, 11.0, 11.5, 12.0] and c.end_s == 11.0 and c.token_times_s == [10.5]
     assert a.first_token_time_s == 10.5
     with pytest.raises(RuntimeError, match="2 outputs for 3"):
         window_results(b, outs[:2], 0.0, 1.0)

@@ -135,3 +135,19 @@ def test_compare_seeds_table_mean_and_interval_over_seeds(tiny, compose_cfg):
     assert tab.loc["fcfs_windowed", "oracle_gain_share_mean"] == pytest.approx(0.0)
     md = (d / "comparison.md").read_text()
     assert "95% Student-t interval over 3 seeds" in md and "realised" in md
+
+
+def test_run_where_nothing_finishes_writes_correct_metrics(tiny, compose_cfg):
+    # Issue 11 item 12: kv_capacity_tokens=1 -> every request is rejected at arrival with a reason.
+    from elis.experiments.report import no_completion_message
+
+    cfg = compose_cfg("run_experiment", BASE + ["num_requests=6", "worker.kv_capacity_tokens=1"])
+    out = run(cfg)
+    d = Path(out.pop("output_dir"))
+    m = json.loads((d / "metrics.json").read_text())
+    assert (m["num_requests"], m["num_finished"], m["num_failed"]) == (6, 0, 6)
+    assert m["jct_mean_s"] is None and m["ttft_mean_s"] is None and m["tpot_mean_s"] is None
+    assert list(m["fail_reasons"].values()) == [6] and "kv_capacity_tokens=1" in next(iter(m["fail_reasons"]))
+    rec = pd.read_parquet(d / "requests.parquet")
+    assert (rec["status"] == "FAILED").all() and rec["jct_s"].isna().all() and rec["ttft_s"].isna().all()
+    assert no_completion_message(out) is not None

@@ -20,11 +20,13 @@ def _finish(res) -> dict[str, float]:
 
 
 def test_las_alternates_by_attained_service_hand_trace():
-    # A (3 tokens) and B (2 tokens) arrive at 0; W = 1, batch 1, 1 s per token.
-    # t0: both 0 attained, tie -> A (seq 0). t1: A=1, B=0 -> B. t2: 1 vs 1 -> A (seq). t3: A=2, B=1
-    # -> B, finishes at 4. A runs [4, 5].
+    # A (3 tokens) and B (2 tokens) arrive at 0; W = 1, batch 1, 1 s per decode step; an EOS
+    # answer spends one more step choosing EOS (docs/notes/sched.md), so A needs 4 steps, B 3.
+    # Equal keys keep the incumbent (docs/notes/sched.md). t0: both 0, tie in the buffer -> A
+    # (seq 0). t1: A=1 > B=0 -> B. t2: 1 vs 1, B keeps. t3: B=2 > A=1 -> A. t4: 2 vs 2, A keeps.
+    # t5: A=3 > B=2 -> B's EOS step, done at 6. A's EOS step [6, 7].
     res, _ = simulate(make_table([3, 2], ids=["A", "B"]), make_schedulers("las", window_tokens=1))
-    assert _finish(res) == {"A": 5.0, "B": 4.0}
+    assert _finish(res) == {"A": 7.0, "B": 6.0}
 
 
 def test_las_needs_no_predictor_and_runs_continuous():
@@ -44,12 +46,16 @@ def test_mlfq_skip_join_and_demotion_levels():
 
 
 def test_mlfq_simulated_order_hand_trace():
-    # quanta 1, 2, 4 tokens; prompt weight 0 -> everyone joins level 0. W = 1, batch 1.
-    # A (4 tok) at 0: runs [0,1] -> level 1. B (1 tok) at 0.5 joins level 0 -> [1,2] done.
-    # A level 1 alone: [2,3], [3,4] (2 tokens of quantum 2) -> level 2; [4,5] A done at 5.
+    # quanta 1, 2, 4 tokens; prompt weight 0 -> everyone joins level 0. W = 1, batch 1; an EOS
+    # answer spends one more step (A: 4 tokens + EOS, B: 1 token + EOS).
+    # A at 0: [0,1] -> level 1. B at 0.5 joins level 0 and displaces A: [1,2] -> level 1 (used
+    # q0 = 1). t2: both level 1; equal keys keep the incumbent B: EOS step [2,3], done at 3.
+    # A: [3,4], [4,5] (quantum 2 used -> level 2), [5,6] (4th token), EOS [6,7].
     pol = make_policy("mlfq", num_levels=3, base_quantum_tokens=1.0, quantum_ratio=2.0, prompt_token_weight=0.0)
-    res, _ = simulate(make_table([4, 1], [0.0, 0.5], ids=["A", "B"]), make_schedulers(pol, window_tokens=1))
-    assert _finish(res) == {"A": 5.0, "B": 2.0}
+    res, sim = simulate(make_table([4, 1], [0.0, 0.5], ids=["A", "B"]), make_schedulers(pol, window_tokens=1),
+                        trace=True)
+    assert _finish(res) == {"A": 7.0, "B": 3.0}
+    assert [e for e in sim.trace if e[0] == "preempt"] == [("preempt", "A", 1.0)]
 
 
 def test_policy_parameters_are_checked_by_name():
@@ -140,8 +146,8 @@ def test_cowaiting_tau_is_one_with_the_oracle_and_counted():
 
 
 def test_ties_use_arrival_seq_with_unpadded_ids():
-    # r0..r11 all arrive at 0 with equal lengths: FCFS must serve r0, r1, ..., r11, not r0, r1, r10, r11, r2, ...
+    # r0..r11 all arrive at 0 with equal lengths: served r0, r1, ..., r11, not r0, r1, r10, r11, r2, ...
     ids = [f"r{i}" for i in range(12)]
-    for policy in ("fcfs", "las", "srtf_oracle"):
+    for policy in ("fcfs", "srtf_oracle"):
         res, _ = simulate(make_table([2] * 12, ids=ids), make_schedulers(policy, window_tokens=2))
         assert list(res.records["request_id"]) == ids, policy

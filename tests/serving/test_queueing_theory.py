@@ -1,8 +1,11 @@
 """The simulator against M/G/1 closed forms (issue 12 item 6): physics no speed-up may change.
 
-Setting: one worker, batch 1, no prefill cost, every decode step ``c`` seconds, so a request's
-service time is ``S = tokens · c``; Poisson arrivals at rate λ; sizes uniform on {1..10}
-tokens (E[S] = 5.5c, E[S²] = 38.5c²), ρ = λ·E[S] = 0.7. Mean response time T = E[JCT]:
+Setting: one worker, batch 1, no prefill cost, every decode step ``c`` seconds; an answer of
+L tokens that ends by EOS takes L + 1 steps (the EOS step, docs/notes/sched.md), so a
+request's service time is ``S = (tokens + 1) · c``; Poisson arrivals at rate λ; tokens uniform
+on {1..10}, so S uniform on {2..11}·c (E[S] = 6.5c, E[S²] = 50.5c²), ρ = λ·E[S] = 0.7. Every
+key (true length, true remaining) is S/c minus a constant, so the orders are those of S.
+Mean response time T = E[JCT]:
 
 - FCFS (non-preemptive): Pollaczek–Khinchine, ``T = E[S] + λE[S²] / (2(1 − ρ))``.
 - Non-preemptive SJF on the exact size (``sjf`` + oracle predictor, W ≥ max size): Cobham's
@@ -13,7 +16,8 @@ tokens (E[S] = 5.5c, E[S²] = 38.5c²), ρ = λ·E[S] = 0.7. Mean response time 
   Res. 1966): ``T(x) = λ(Σ_{s≤x} s²P(s) + x²P(S>x)) / (2(1 − ρ_{≤x})(1 − ρ_{<x}))
   + ∫_0^x dt / (1 − ρ_{<t})``: jobs of size ≤ x already present are ahead of a size-x job,
   later arrivals only if strictly smaller (the tie rule serves the earlier arrival), and
-  during its service only arrivals strictly smaller than its remaining time preempt. The
+  during its service only arrivals strictly smaller than its remaining time preempt (equal
+  keys keep the incumbent). The
   simulator preempts at token boundaries, not at arrival instants: a bias of order c per
   preemption, below the interval at these sizes (measured in docs/notes/NOTE.md).
 
@@ -38,8 +42,9 @@ from elis.serving.prediction import PredictionService
 from elis.serving.scheduler import Scheduler
 from elis.serving.simulator import RequestTable, Simulator
 
-C_S = 0.25  # seconds per token
-SIZES = np.arange(1, 11)
+C_S = 0.25  # seconds per decode step
+TOKENS = np.arange(1, 11)
+SIZES = TOKENS + 1  # decode steps per request: tokens + the EOS step
 P_SIZE = np.full(10, 0.1)
 RHO = 0.7
 LAM = RHO / (C_S * float(SIZES @ P_SIZE))
@@ -69,9 +74,13 @@ def schrage_miller_srpt() -> float:
     m2 = np.cumsum(s * s * P_SIZE)
     tail = 1 - np.cumsum(P_SIZE)
     wait = LAM * (m2 + s * s * tail) / (2 * (1 - le) * (1 - lt))
-    # residence: for remaining t in ((k−1)c, kc], arrivals strictly smaller preempt: ρ_{≤k−1}
-    rho_below = np.concatenate([[0.0], le[:-1]])
-    residence = np.cumsum(C_S / (1 - rho_below))
+    # residence: for remaining t in ((k−1)c, kc], arrivals strictly smaller preempt: sizes
+    # s ≤ k−1 steps, ρ_{≤k−1} (0 for k ≤ 2, the smallest size being 2 steps)
+    rho_at = {int(x): r for x, r in zip(SIZES, le)}
+    steps = np.arange(1, int(SIZES.max()) + 1)
+    rho_below = np.array([max((r for x, r in rho_at.items() if x <= k - 1), default=0.0) for k in steps])
+    residence_by_steps = np.cumsum(C_S / (1 - rho_below))
+    residence = residence_by_steps[SIZES - 1]
     return float(P_SIZE @ (wait + residence))
 
 
@@ -79,7 +88,7 @@ def simulate_mg1(policy: str, n: int, window_tokens: int, seed: int = 0) -> np.n
     """JCTs (s) in arrival order of ``n`` Poisson arrivals under ``policy`` (see module docstring)."""
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1 / LAM, n))
-    sizes = rng.choice(SIZES, size=n, p=P_SIZE)
+    sizes = rng.choice(TOKENS, size=n, p=P_SIZE)
     table = RequestTable(arrival_time_s=arrivals, num_prompt_tokens=np.zeros(n, dtype=int),
                          num_output_tokens=sizes, max_tokens=1000)
     pol = SchedulingPolicy(policy)
@@ -105,8 +114,8 @@ def _check(policy: str, n: int, w: int, theory: float) -> None:
 
 
 def test_closed_forms_hand_values():
-    # λ = 0.7/1.375; E[S²] = 38.5·c²: P-K T = 1.375 + λ·2.40625/0.6 = 3.4167 s
-    assert pk_fcfs() == pytest.approx(1.375 + (0.7 / 1.375) * 38.5 * C_S**2 / 0.6)
+    # E[S] = 6.5c = 1.625 s, λ = 0.7/1.625; E[S²] = 50.5·c² = 3.15625 s²: P-K T = 1.625 + λ·3.15625/0.6
+    assert pk_fcfs() == pytest.approx(1.625 + (0.7 / 1.625) * 3.15625 / 0.6)
     assert schrage_miller_srpt() < cobham_sjf() < pk_fcfs()
 
 

@@ -675,7 +675,7 @@ class HFWorker:
         """Run ``batch`` (a ``WindowBatch``); one ``WindowResult`` per item, in order."""
         from elis.serving.workers.base import WindowResult
 
-        t0 = time.perf_counter()
+        t0 = self.engine.clock()  # token times are on the engine's clock
         run_idx = [i for i, it in enumerate(batch.items) if it.max_new_tokens > 0]
         items = [
             WindowItem(
@@ -722,7 +722,7 @@ class HFWorker:
         st.scheduler_prefill_tokens += batch.num_prefill_tokens
         st.prefill_time_s += timing.prefill_time_s
         st.decode_time_s += sum(timing.decode_step_times_s)
-        st.busy_time_s += time.perf_counter() - t0
+        st.busy_time_s += self.engine.clock() - t0
         return results
 
 

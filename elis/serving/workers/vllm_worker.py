@@ -100,6 +100,11 @@ def window_results(batch, outputs: Sequence[Any], start_s: float, end_s: float,
     ``finish_reason``: vLLM 'stop' (EOS or a stop token) → 'eos', finished; 'length' →
     finished 'length' only if the request's ``max_tokens`` is reached, else the window
     boundary (not finished). Token times: linear interpolation (module docstring).
+
+    EOS accounting (``elis.serving.metrics``, issue 11 item 10): vLLM keeps the EOS / stop
+    token id at the end of ``token_ids`` (``stop_reason`` None for EOS, the int id for a stop
+    token; a str only for stop strings, which we do not send). Like the HF worker, the result
+    excludes it from the tokens but keeps its step's time as ``end_s``.
     """
     from elis.serving.workers.base import WindowResult
 
@@ -112,18 +117,20 @@ def window_results(batch, outputs: Sequence[Any], start_s: float, end_s: float,
     for it, o in zip(run, outputs):
         c = o.outputs[0]
         ids = [int(t) for t in c.token_ids]
-        total = len(it.output_token_ids) + len(ids)
+        times = [start_s + (j + 1) / n_max * span for j in range(len(ids))] if n_max else []
+        end = times[-1] if times else start_s
         if c.finish_reason == "stop" or (ids and ids[-1] in set(eos_token_ids)):
             finished, reason = True, "eos"
-        elif total >= it.max_tokens:
+            if ids and not isinstance(getattr(c, "stop_reason", None), str):
+                ids, times = ids[:-1], times[:-1]  # the EOS / stop token: its step stays in end_s
+        elif len(it.output_token_ids) + len(ids) >= it.max_tokens:
             finished, reason = True, "length"
         else:
             finished, reason = False, None
-        times = [start_s + (j + 1) / n_max * span for j in range(len(ids))] if n_max else []
         by_id[it.request_id] = WindowResult(
             request_id=it.request_id, num_new_tokens=len(ids), new_token_ids=ids, new_text=c.text,
             finished=finished, finish_reason=reason, start_s=start_s,
-            end_s=times[-1] if times else start_s, first_token_time_s=times[0] if times else None,
+            end_s=end, first_token_time_s=times[0] if times else None,
             token_times_s=times,
         )
     return [by_id.get(it.request_id) or WindowResult(it.request_id, 0, start_s=start_s, end_s=start_s)
@@ -241,11 +248,14 @@ class VLLMPriorityRunner:
                 if r.first_token_time_s is None and len(c.token_ids):
                     r.first_token_time_s = t
                 if out.finished:
-                    r.output_token_ids = list(c.token_ids)
-                    r.partial_response = c.text
-                    r.num_generated_tokens = len(c.token_ids)
-                    r.finish_time_s = t
+                    ids = list(c.token_ids)
                     r.finish_reason = "eos" if c.finish_reason == "stop" else "length"
+                    if r.finish_reason == "eos" and ids and not isinstance(getattr(c, "stop_reason", None), str):
+                        ids = ids[:-1]  # the EOS token is not an output token (elis.serving.metrics)
+                    r.output_token_ids = ids
+                    r.partial_response = c.text
+                    r.num_generated_tokens = len(ids)
+                    r.finish_time_s = t
                     r.status = RequestStatus.FINISHED
                     r.add_run_interval(r.first_token_time_s or t, t)
                     done += 1
