@@ -42,7 +42,8 @@ from elis.serving.simulator import RequestTable, Simulator
 log = logging.getLogger(__name__)
 
 SCHED_KEYS = (
-    "policy", "mode", "preemption", "preemption_margin", "aging_tokens_per_s", "promote_after_s", "policy_params",
+    "policy", "mode", "preemption", "preemption_margin", "aging_tokens_per_s", "promote_after_s", "promote_by",
+    "policy_params",
 )
 
 
@@ -230,6 +231,7 @@ def build_schedulers(
         sched["policy"],
         aging_tokens_per_s=float(sched.get("aging_tokens_per_s", 0.0) or 0.0),
         promote_after_s=sched.get("promote_after_s"),
+        promote_by=sched.get("promote_by") or "wait",
         **dict(sched.get("policy_params") or {}),
     )
     return [

@@ -43,10 +43,14 @@ finitely many requests that arrived before ``a + K/α`` (no starvation under fin
 For fcfs aging changes nothing (the key is already the arrival time). For mlfq the key is a
 level (0..L−1), so α is in levels per second.
 
-Promotion (optional, ``promote_after_s = P``): a request that has waited ``P`` seconds
-continuously in the buffer is promoted to tier 0 and served before all tier-1 requests, in
-order of its enqueue time: once promoted, it is selected at the first decision at which
-fewer than ``max_batch_size`` promoted requests precede it.
+Promotion (optional, ``promote_after_s = P``): with ``promote_by='wait'`` (default) a request
+that has waited ``P`` seconds continuously in the buffer is promoted to tier 0 and served
+before all tier-1 requests, in order of its enqueue time: once promoted, it is selected at the
+first decision at which fewer than ``max_batch_size`` promoted requests precede it. With
+``promote_by='age'`` a request whose time since ARRIVAL exceeds ``P`` is tier 0, running or
+waiting, and tier 0 is served oldest first (FCFS among the old): a running old request keeps
+its slot against every younger one. This bounds the tail like FCFS for requests that reach
+age ``P`` while the key orders everything younger (the tail setting, docs/notes/NOTE.md).
 """
 
 from __future__ import annotations
@@ -66,7 +70,8 @@ class SchedulingPolicy:
     Args:
         name: a policy name (``POLICY_NAMES``); optional when the subclass is called directly.
         aging_tokens_per_s: α >= 0, key units per second of waiting (0 = off).
-        promote_after_s: promote after this continuous wait (seconds), or None (off).
+        promote_after_s: promotion threshold (seconds), or None (off).
+        promote_by: 'wait' (continuous time in the buffer) | 'age' (time since arrival).
 
     Raises:
         ValueError: unknown name (lists valid ones), negative α, non-positive promote_after_s,
@@ -84,7 +89,8 @@ class SchedulingPolicy:
         return object.__new__(cls)
 
     def __init__(
-        self, name: str | None = None, aging_tokens_per_s: float = 0.0, promote_after_s: float | None = None
+        self, name: str | None = None, aging_tokens_per_s: float = 0.0, promote_after_s: float | None = None,
+        promote_by: str = "wait",
     ) -> None:
         if name is not None and name != self.name:
             raise ValueError(f"sched.policy={name!r} given to {type(self).__name__} (policy {self.name!r})")
@@ -92,8 +98,11 @@ class SchedulingPolicy:
             raise ValueError(f"sched.aging_tokens_per_s must be >= 0, got {aging_tokens_per_s!r}")
         if promote_after_s is not None and not promote_after_s > 0:
             raise ValueError(f"sched.promote_after_s must be > 0 or null, got {promote_after_s!r}")
+        if promote_by not in ("wait", "age"):
+            raise ValueError(f"sched.promote_by={promote_by!r} is not one of ['wait', 'age']")
         self.aging_tokens_per_s = float(aging_tokens_per_s)
         self.promote_after_s = promote_after_s
+        self.promote_by = promote_by
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(aging_tokens_per_s={self.aging_tokens_per_s}, promote_after_s={self.promote_after_s})"
@@ -234,11 +243,11 @@ class MLFQ(SchedulingPolicy):
     repredicts = True
 
     def __init__(
-        self, name: str | None = None, aging_tokens_per_s: float = 0.0, promote_after_s: float | None = None, *,
-        num_levels: int = 6, base_quantum_tokens: float = 50.0, quantum_ratio: float = 2.0,
+        self, name: str | None = None, aging_tokens_per_s: float = 0.0, promote_after_s: float | None = None,
+        promote_by: str = "wait", *, num_levels: int = 6, base_quantum_tokens: float = 50.0, quantum_ratio: float = 2.0,
         prompt_token_weight: float = 0.007,
     ) -> None:
-        super().__init__(name, aging_tokens_per_s, promote_after_s)
+        super().__init__(name, aging_tokens_per_s, promote_after_s, promote_by)
         for field_name, v, ok, rule in (
             ("num_levels", num_levels, isinstance(num_levels, int) and num_levels >= 1, "an integer >= 1"),
             ("base_quantum_tokens", base_quantum_tokens, base_quantum_tokens > 0, "> 0"),
@@ -328,10 +337,10 @@ class Gittins(SchedulingPolicy):
     repredicts = True
 
     def __init__(
-        self, name: str | None = None, aging_tokens_per_s: float = 0.0, promote_after_s: float | None = None, *,
-        quantile_levels: list[float] | tuple[float, ...] | None = None,
+        self, name: str | None = None, aging_tokens_per_s: float = 0.0, promote_after_s: float | None = None,
+        promote_by: str = "wait", *, quantile_levels: list[float] | tuple[float, ...] | None = None,
     ) -> None:
-        super().__init__(name, aging_tokens_per_s, promote_after_s)
+        super().__init__(name, aging_tokens_per_s, promote_after_s, promote_by)
         levels = tuple(float(x) for x in quantile_levels) if quantile_levels else tuple(
             (j - 0.5) / 9 for j in range(1, 10)
         )
@@ -387,7 +396,7 @@ def policy_class(name: str | None) -> type[SchedulingPolicy]:
 
 
 def make_policy(name: str, aging_tokens_per_s: float = 0.0, promote_after_s: float | None = None,
-                **params: Any) -> SchedulingPolicy:
+                promote_by: str = "wait", **params: Any) -> SchedulingPolicy:
     """Build the policy ``name`` with its ``params`` (``sched.policy_params``).
 
     Raises:
@@ -395,7 +404,7 @@ def make_policy(name: str, aging_tokens_per_s: float = 0.0, promote_after_s: flo
     """
     cls = policy_class(name)
     try:
-        return cls(name, aging_tokens_per_s, promote_after_s, **params)
+        return cls(name, aging_tokens_per_s, promote_after_s, promote_by, **params)
     except TypeError as e:
         raise ValueError(f"sched.policy_params {sorted(params)} not accepted by policy {name!r}: {e}") from None
 

@@ -180,7 +180,7 @@ class Scheduler:
         self.kv_capacity_tokens = kv_capacity_tokens
         self.predictor = predictor
         self.scheduling_overhead_s = scheduling_overhead_s
-        self.buffer = PriorityBuffer(policy.promote_after_s)
+        self.buffer = PriorityBuffer(policy.promote_after_s, policy.promote_by)
         self.running: list[Request] = []
         self._pending: list[Request] = []  # arrived, waiting for their first prediction
         self._in_transit: dict[str, Request] = {}  # assigned by the balancer, not yet added
@@ -460,7 +460,7 @@ class Scheduler:
     ) -> tuple[list[Request], list[Request]]:
         """Fill free slots from at-boundary contenders (with margin) and the buffer."""
         policy = self.policy
-        ranked = sorted(contenders, key=policy.sort_key)
+        ranked = sorted(contenders, key=lambda r: self._contender_rank(r, now_s))
         free = self.max_batch_size - len(continuing)
         reserved = sum(r.num_context_tokens + self._max_new(r) for r in continuing)
         selected: list[Request] = []
@@ -470,7 +470,7 @@ class Scheduler:
             c = ranked[i] if i < len(ranked) else None
             if c is None and top is None:
                 break
-            take_contender = c is not None and (top is None or self._incumbent_keeps(c, top))
+            take_contender = c is not None and (top is None or self._incumbent_keeps(c, top, now_s))
             r = c if take_contender else top[1]  # type: ignore[index]
             need = r.num_context_tokens + self._max_new(r)
             never = self._never_fits(r)
@@ -496,7 +496,13 @@ class Scheduler:
         preempted = ranked[i:]
         return selected, preempted
 
-    def _incumbent_keeps(self, incumbent: Request, top: tuple[int, Request]) -> bool:
+    def _contender_rank(self, r: Request, now_s: float) -> tuple:
+        """Order of at-boundary contenders: promoted-by-age ones first, oldest first (tier 0)."""
+        if self.buffer.is_promoted(r, now_s):
+            return (0, r.arrival_time_s, r.arrival_seq)
+        return (1, self.policy.sort_key(r))
+
+    def _incumbent_keeps(self, incumbent: Request, top: tuple[int, Request], now_s: float = 0.0) -> bool:
         """Whether the at-boundary ``incumbent`` keeps its slot against the buffer's best.
 
         The challenger displaces it only if promoted (tier 0) or if its key is lower by MORE
@@ -505,6 +511,9 @@ class Scheduler:
         not ping-pong (and pay no pointless preemption/re-prefill).
         """
         tier, challenger = top
+        if self.buffer.is_promoted(incumbent, now_s):  # promote_by='age': FCFS among the old
+            return tier == 1 or (incumbent.arrival_time_s, incumbent.arrival_seq) <= (
+                challenger.arrival_time_s, challenger.arrival_seq)
         if tier == 0:
             return False
         return not challenger.sort_key[0] < self.policy.sort_key(incumbent)[0] - self.preemption_margin

@@ -151,3 +151,19 @@ def test_ties_use_arrival_seq_with_unpadded_ids():
     for policy in ("fcfs", "srtf_oracle"):
         res, _ = simulate(make_table([2] * 12, ids=ids), make_schedulers(policy, window_tokens=2))
         assert list(res.records["request_id"]) == ids, policy
+
+
+def test_promotion_by_age_serves_the_old_first_hand_trace():
+    # Batch 1, W = 1, 1 s per step; every answer + 1 EOS step. L (4 tokens) at 0, short S1, S2,
+    # S3 (1 token) at 0.5, 2.5, 4.5; srtf_oracle.
+    # Without promotion L starves behind each short: S1 [1,3], S2 [3,5], S3 [5,7], L done at 11.
+    # promote_by=age, P = 3: at t3 L (age 3) is tier 0 and runs, keeps its slot against the
+    # younger S2 (tier 1) until done at 7; then S2 (older) 7->9, S3 9->11.
+    table = make_table([4, 1, 1, 1], [0.0, 0.5, 2.5, 4.5], ids=["L", "S1", "S2", "S3"])
+    res, _ = simulate(table, make_schedulers("srtf_oracle", window_tokens=1))
+    assert _finish(res) == {"L": 11.0, "S1": 3.0, "S2": 5.0, "S3": 7.0}
+    pol = make_policy("srtf_oracle", promote_after_s=3.0, promote_by="age")
+    res, _ = simulate(table, make_schedulers(pol, window_tokens=1))
+    assert _finish(res) == {"L": 7.0, "S1": 3.0, "S2": 9.0, "S3": 11.0}
+    with pytest.raises(ValueError, match="promote_by='oldest'"):
+        make_policy("isrtf", promote_after_s=3.0, promote_by="oldest")
