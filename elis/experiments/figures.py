@@ -314,7 +314,7 @@ def scalability_figure(rows_json: str | Path, png: str | Path, md: str | Path | 
 def starvation_table(run_dir: str | Path) -> pd.DataFrame:
     """Per variant: mean JCT overall and per true-length tercile, p99 JCT of the long tercile,
     max waiting time, p99 queuing, preemptions; plus aging/promotion settings from variant.json."""
-    df = load_variants(run_dir).drop(columns=["aging_tokens_per_s", "promote_after_s"], errors="ignore")
+    df = load_variants(run_dir).drop(columns=["aging_tokens_per_s", "promote_after_s", "promote_by"], errors="ignore")
     extra = []
     for _, r in df.iterrows():
         m = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())

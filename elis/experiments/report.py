@@ -69,7 +69,8 @@ def load_variants(run_dir: str | Path) -> pd.DataFrame:
         mean = per_seed.groupby("name", sort=False)[num].agg(lambda x: pd.to_numeric(x, errors="coerce").mean())
         out = first.drop(columns=num).join(mean).reset_index()
         out["num_seeds"] = per_seed.groupby("name", sort=False).size().to_numpy()
-        cols = ["name", "policy", "mode", "preemption", "aging_tokens_per_s", "promote_after_s", "run_dir"]
+        cols = ["name", "policy", "mode", "preemption", "aging_tokens_per_s", "promote_after_s", "promote_by",
+                "run_dir"]
         return _ordered(out[[*cols, *num, "num_seeds"]])
     dirs = sorted(p.parent for p in root.glob("variants/*/metrics.json")) or (
         [root] if (root / "metrics.json").exists() else []
@@ -89,6 +90,7 @@ def load_variants(run_dir: str | Path) -> pd.DataFrame:
                 "preemption": v.get("preemption", sched.get("preemption")),
                 "aging_tokens_per_s": v.get("aging_tokens_per_s", sched.get("aging_tokens_per_s")),
                 "promote_after_s": v.get("promote_after_s", sched.get("promote_after_s")),
+                "promote_by": v.get("promote_by", sched.get("promote_by")) or "wait",
                 "run_dir": str(d),
                 **{k: m.get(k) for k in METRICS},
                 "num_finished": m.get("num_finished"),

@@ -52,12 +52,12 @@ def tradeoff_frame(run_dir: str | Path, mode: str = "windowed") -> pd.DataFrame:
     gain = fcfs["jct_mean_s"] - isrtf["jct_mean_s"]
     if not gain > 0:
         raise ValueError(f"plain isrtf ({isrtf['jct_mean_s']:.3f} s) does not beat fcfs ({fcfs['jct_mean_s']:.3f} s) in {mode}")
-    out = df[["name", "policy", "aging_tokens_per_s", "promote_after_s", "jct_mean_s", "jct_p99_s"]].copy()
+    out = df[["name", "policy", "aging_tokens_per_s", "promote_after_s", "promote_by", "jct_mean_s", "jct_p99_s"]].copy()
     out["isrtf_gain_share"] = (fcfs["jct_mean_s"] - out["jct_mean_s"]) / gain
     out["p99_vs_fcfs"] = out["jct_p99_s"] / fcfs["jct_p99_s"]
     out["meets_target"] = (out["jct_p99_s"] <= fcfs["jct_p99_s"]) & (out["isrtf_gain_share"] >= TARGET_GAIN_SHARE)
     out = out.assign(_a=out["aging_tokens_per_s"].fillna(0), _p=out["promote_after_s"].fillna(float("inf")))
-    out = out.sort_values(["policy", "_p", "_a"], kind="stable").drop(columns=["_a", "_p"]).reset_index(drop=True)
+    out = out.sort_values(["policy", "promote_by", "_p", "_a"], kind="stable").drop(columns=["_a", "_p"]).reset_index(drop=True)
     out.attrs.update(fcfs_p99_s=float(fcfs["jct_p99_s"]), fcfs_mean_s=float(fcfs["jct_mean_s"]),
                      isrtf_mean_s=float(isrtf["jct_mean_s"]))
     return out
@@ -70,10 +70,10 @@ def best_setting(frame: pd.DataFrame) -> pd.Series | None:
 
 
 def tradeoff_markdown(frame: pd.DataFrame) -> str:
-    lines = ["| variant | α (tokens/s) | promote after (s) | mean JCT (s) | p99 JCT (s) | share of ISRTF gain | p99 / FCFS p99 | target |",
+    lines = ["| variant | α (tokens/s) | promote after (s) (by) | mean JCT (s) | p99 JCT (s) | share of ISRTF gain | p99 / FCFS p99 | target |",
              "|---|---|---|---|---|---|---|---|"]
     for _, r in frame.iterrows():
-        promote = "-" if pd.isna(r["promote_after_s"]) else f"{r['promote_after_s']:g}"
+        promote = "-" if pd.isna(r["promote_after_s"]) else f"{r['promote_after_s']:g} ({r['promote_by']})"
         lines.append(
             f"| {r['name']} | {r['aging_tokens_per_s'] or 0:g} | "
             f"{promote} | {r['jct_mean_s']:.3f} | "
