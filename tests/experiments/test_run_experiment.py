@@ -151,3 +151,18 @@ def test_run_where_nothing_finishes_writes_correct_metrics(tiny, compose_cfg):
     rec = pd.read_parquet(d / "requests.parquet")
     assert (rec["status"] == "FAILED").all() and rec["jct_s"].isna().all() and rec["ttft_s"].isna().all()
     assert no_completion_message(out) is not None
+
+
+def test_every_sched_option_builds_its_policy_class(compose_cfg):
+    # each conf/sched/*.yaml builds the policy class its `policy` names, with its policy_params
+    from elis.experiments.run import build_schedulers, variants_of
+    from elis.predictor.simple import NoisyOraclePredictor
+    from elis.serving.cost_model import CostModel
+    from elis.serving.prediction import PredictionService
+
+    pred = PredictionService(NoisyOraclePredictor(), latency_source="zero")
+    for f in sorted((CONFIG_DIR / "sched").glob("*.yaml")):
+        cfg = compose_cfg("run_experiment", [f"sched={f.stem}"])
+        (_, sched), = variants_of(cfg)
+        s = build_schedulers(sched, 1, 4, 50, None, pred, CostModel())[0]
+        assert s.policy.name == cfg.sched.policy and s.mode == cfg.sched.mode, f.stem
