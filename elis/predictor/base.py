@@ -157,3 +157,12 @@ class TimedPredictor:
 
     def _predict_quantiles(self, queries: Sequence[PredictionQuery], levels: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+
+def supports_quantiles(predictor) -> bool:
+    """Whether ``predictor`` gives a predictive distribution: ``provides_quantiles = True``, or a
+    ``predict_quantiles`` of its own (not ``TimedPredictor``'s refusing default)."""
+    if getattr(predictor, "provides_quantiles", False):
+        return True
+    fn = getattr(type(predictor), "predict_quantiles", None)
+    return fn is not None and fn is not TimedPredictor.predict_quantiles

@@ -354,8 +354,10 @@ class Gittins(SchedulingPolicy):
 
     def validate_predictor(self, predictor: Any) -> None:
         super().validate_predictor(predictor)
+        from elis.predictor.base import supports_quantiles
+
         inner = getattr(predictor, "predictor", predictor)  # PredictionService wraps the predictor
-        if not getattr(inner, "provides_quantiles", False):
+        if not supports_quantiles(inner):
             raise ValueError(
                 f"policy 'gittins' needs a predictive distribution; predictor "
                 f"{getattr(inner, 'name', type(inner).__name__)!r} does not implement predict_quantiles "

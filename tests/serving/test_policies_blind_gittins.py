@@ -167,3 +167,19 @@ def test_promotion_by_age_serves_the_old_first_hand_trace():
     assert _finish(res) == {"L": 7.0, "S1": 3.0, "S2": 9.0, "S3": 11.0}
     with pytest.raises(ValueError, match="promote_by='oldest'"):
         make_policy("isrtf", promote_after_s=3.0, promote_by="oldest")
+
+
+def test_a_predictor_with_its_own_predict_quantiles_is_accepted():
+    from elis.predictor.base import TimedPredictor, supports_quantiles
+
+    class Spread(TimedPredictor):  # e.g. the GBDT predictor: overrides the method itself
+        name = "spread"
+
+        def _predict(self, queries):
+            return np.full(len(queries), 10.0)
+
+        def predict_quantiles(self, queries, levels):
+            return np.tile(np.asarray(levels) * 20.0, (len(queries), 1))
+
+    assert supports_quantiles(Spread()) and not supports_quantiles(ConstantPredictor())
+    Scheduler(0, SchedulingPolicy("gittins"), predictor=PredictionService(Spread(), latency_source="zero"))
