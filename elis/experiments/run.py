@@ -33,18 +33,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from elis.rng import make_rng
 from elis.serving.cost_model import CostModel
-from elis.serving.metrics import RequestRecorder, summarize
-from elis.serving.policy import make_policy
+from elis.serving.metrics import summarize
 from elis.serving.prediction import PredictionService
-from elis.serving.scheduler import Scheduler
-from elis.serving.simulator import RequestTable, Simulator
+from elis.serving.runtime import SCHED_KEYS, build_prediction_service, build_schedulers, simulate  # noqa: F401
+from elis.serving.runtime import json_default as _json_default
+from elis.serving.simulator import RequestTable
+from elis.serving.prediction import predictor_stats
 
 log = logging.getLogger(__name__)
 
-SCHED_KEYS = (
-    "policy", "mode", "preemption", "preemption_margin", "aging_tokens_per_s", "promote_after_s", "promote_by",
-    "policy_params",
-)
 
 
 # ---------------------------------------------------------------------- workload
@@ -105,12 +102,14 @@ def make_arrivals(wl: DictConfig, num_requests: int, seed: int) -> tuple[np.ndar
     rng = make_rng(seed, "arrivals")
     kind = wl.kind
     if kind == "gamma":
-        return wlmod.gamma_arrivals(num_requests, wl.rate_rps, wl.cv, rng), None
+        return wlmod.gamma_arrivals(num_requests, float(wl.rate_rps), float(wl.cv), rng), None
     if kind == "poisson":
-        return wlmod.poisson_arrivals(num_requests, wl.rate_rps, rng), None
+        return wlmod.poisson_arrivals(num_requests, float(wl.rate_rps), rng), None
     if kind == "trace":
+        # Rows are sorted by time before the first start_row + N are taken (read_trace).
         start = int(wl.get("start_row", 0))
-        df = wlmod.load_trace(wl.path, time_scale=wl.time_scale, max_rows=start + num_requests)
+        df = wlmod.load_trace(wl.path, time_scale=wl.time_scale, max_rows=start + num_requests,
+                              time_unit=wl.get("time_unit", "auto"), format=wl.get("format", "auto"))
         df = df.iloc[start : start + num_requests].reset_index(drop=True)
         if len(df) < num_requests:
             raise ValueError(f"trace {wl.path} has {len(df)} rows from start_row={start}; need {num_requests}")
@@ -147,12 +146,32 @@ def build_table(cfg: DictConfig) -> tuple[RequestTable, pd.DataFrame]:
         arrival_time_s=arrivals,
         num_prompt_tokens=wl["num_prompt_tokens"].to_numpy(),
         num_output_tokens=wl["num_output_tokens"].to_numpy(),
-        max_tokens=int(cfg.max_tokens),
+        max_tokens=resolve_max_tokens(cfg),
         prompts=prompts,
         responses=responses,
         generators=generators,
     )
     return table, wl
+
+
+def resolve_max_tokens(cfg: DictConfig) -> int:
+    """``cfg.max_tokens``, or with ``max_tokens=null`` the model's context length
+    (``worker.max_context_tokens``): each request is then capped at the context its prompt
+    leaves by the scheduler's context rule.
+
+    Raises:
+        ValueError: ``max_tokens=null`` without ``worker.max_context_tokens``, or a value < 1.
+    """
+    v = cfg.get("max_tokens")
+    if v is None:
+        ctx = cfg.worker.get("max_context_tokens")
+        if ctx is None:
+            raise ValueError("max_tokens=null needs worker.max_context_tokens (the model's context length "
+                             "bounds each request); set max_tokens=<int> or worker.max_context_tokens=<int>")
+        v = ctx
+    if not int(v) >= 1:
+        raise ValueError(f"max_tokens must be an integer >= 1, got {v!r}")
+    return int(v)
 
 
 def warn_if_overloaded(wl: pd.DataFrame, cost_model: CostModel, max_batch_size: int,
@@ -222,46 +241,6 @@ def seeds_of(cfg: DictConfig) -> list[int | None]:
 
 
 # ---------------------------------------------------------------------- one variant
-def build_schedulers(
-    sched: dict, num_workers: int, max_batch_size: int, window_tokens: int,
-    kv_capacity_tokens: int | None, prediction: PredictionService | None, cost_model: CostModel,
-) -> list[Scheduler]:
-    """One ``Scheduler`` per worker from a plain ``sched`` dict (keys ``SCHED_KEYS``)."""
-    policy = make_policy(
-        sched["policy"],
-        aging_tokens_per_s=float(sched.get("aging_tokens_per_s", 0.0) or 0.0),
-        promote_after_s=sched.get("promote_after_s"),
-        promote_by=sched.get("promote_by") or "wait",
-        **dict(sched.get("policy_params") or {}),
-    )
-    return [
-        Scheduler(
-            w, policy, max_batch_size=max_batch_size, window_tokens=window_tokens,
-            mode=sched.get("mode", "windowed"), preemption=bool(sched.get("preemption", True)),
-            preemption_margin=float(sched.get("preemption_margin", 0.0) or 0.0),
-            kv_capacity_tokens=kv_capacity_tokens, predictor=prediction,
-            scheduling_overhead_s=cost_model.scheduling_overhead_s,
-        )
-        for w in range(num_workers)
-    ]
-
-
-def simulate(
-    table: RequestTable, sched: dict, *, num_workers: int, max_batch_size: int, window_tokens: int,
-    cost_model: CostModel, load_balancer, prediction: PredictionService | None,
-    kv_capacity_tokens: int | None = None, record_intervals: bool = True, reveal_text: bool = False,
-):
-    """Simulate ``table`` under one scheduling variant; returns a ``SimResult``."""
-    schedulers = build_schedulers(
-        sched, num_workers, max_batch_size, window_tokens, kv_capacity_tokens, prediction, cost_model
-    )
-    sim = Simulator(
-        table, schedulers, cost_model, load_balancer, prediction,
-        RequestRecorder(record_intervals=record_intervals), reveal_text=reveal_text,
-    )
-    return sim.run()
-
-
 def run_variant(cfg: DictConfig, sched: dict, table: RequestTable, prediction, cost_model, out_dir: Path) -> dict:
     """Run one variant into ``out_dir`` (requests.parquet, metrics.json); return its summary."""
     import hydra.utils
@@ -283,6 +262,7 @@ def run_variant(cfg: DictConfig, sched: dict, table: RequestTable, prediction, c
         prediction=prediction, kv_capacity_tokens=cfg.worker.get("kv_capacity_tokens"),
         record_intervals=bool(cfg.record_intervals),
         reveal_text=prediction is not None and prediction.reads_text and not _precompute(cfg, prediction),
+        max_context_tokens=cfg.worker.get("max_context_tokens"),
     )
     res.records.to_parquet(out_dir / "requests.parquet", index=False)
     metrics = summarize(res.records)
@@ -290,6 +270,8 @@ def run_variant(cfg: DictConfig, sched: dict, table: RequestTable, prediction, c
     metrics["sim_wall_s"] = res.counters["wall_s"]
     metrics["sim_requests_per_wall_s"] = len(table) / max(res.counters["wall_s"], 1e-9)
     metrics["variant"] = sched
+    if prediction is not None:
+        metrics.update(predictor_stats(prediction.predictor))  # e.g. embedding.num_truncated
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
     log.info(
         "%s/%s: jct_mean_s=%.3f p99=%.3f (%d requests, %.2f s wall)", sched["policy"], sched.get("mode"),
@@ -297,14 +279,6 @@ def run_variant(cfg: DictConfig, sched: dict, table: RequestTable, prediction, c
         time.perf_counter() - t0,
     )
     return metrics
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def _precompute(cfg: DictConfig, prediction: PredictionService | None) -> bool:
@@ -317,15 +291,9 @@ def _precompute(cfg: DictConfig, prediction: PredictionService | None) -> bool:
 # ---------------------------------------------------------------------- entry
 def build_prediction(cfg: DictConfig, cost_model: CostModel, table: RequestTable) -> PredictionService | None:
     """Instantiate ``cfg.predictor.runtime`` and wrap it; precompute all steps when configured."""
-    import hydra.utils
-
-    if cfg.get("predictor") is None:
+    service = build_prediction_service(cfg, cost_model)
+    if service is None:
         return None
-    predictor = hydra.utils.instantiate(cfg.predictor.runtime)
-    log.info("predictor: %s (%s)", predictor.name, type(predictor).__name__)
-    service = PredictionService(
-        predictor, cost_model, latency_source=cfg.predictor_latency, window_tokens=int(cfg.window_tokens)
-    )
     if _precompute(cfg, service):
         service.precompute(table.make_request(i) for i in range(len(table)))
     return service

@@ -65,6 +65,18 @@ def predictor_reads_text(predictor: LengthPredictor) -> bool:
     return predictor.name not in TEXT_FREE_PREDICTORS
 
 
+def predictor_stats(predictor: LengthPredictor | None) -> dict:
+    """What the predictor reports about its own work, for ``metrics.json`` (``{}`` if nothing).
+
+    A predictor with a text encoder returns ``{"embedding": {num_texts, num_tokens,
+    num_truncated, seconds, ..., cache_hits, cache_computed, cache_key}}`` from its ``stats()``
+    method (the same block ``train.py`` writes), so every run that predicts records how many
+    encoder inputs were truncated.
+    """
+    fn = getattr(predictor, "stats", None)
+    return dict(fn()) if callable(fn) else {}
+
+
 class PredictionService:
     """Batched predictions for requests, with simulated-latency accounting.
 
@@ -186,6 +198,18 @@ class PredictionService:
         if fn is None:
             raise NotImplementedError(f"predictor {self.predictor.name!r} does not implement predict_quantiles")
         return fn([self.query_for(r) for r in requests], levels)
+
+    def observe_finished(self, r: Request) -> None:
+        """Tell the predictor an answer finished (its length now known), when it learns online.
+
+        Only answers that ended on their own are passed (``finish_reason != 'length'``: a
+        ``max_tokens`` cut says the length is at least that much, not what it is). Predictors
+        without ``observe_finished(prompt, generator, num_output_tokens)`` ignore it.
+        """
+        observe = getattr(self.predictor, "observe_finished", None)
+        if observe is None or r.finish_reason == "length":
+            return
+        observe(r.prompt, r.generator, int(r.num_generated_tokens))
 
     def latency_s(self, num_queries: int) -> float:
         """Seconds charged for one call on ``num_queries`` queries."""

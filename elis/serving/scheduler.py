@@ -140,6 +140,11 @@ class Scheduler:
         preemption_margin: in key units; a waiting request displaces an at-boundary running
             one only if its key is lower by more than this.
         kv_capacity_tokens: KV cache capacity (tokens) or None (unlimited).
+        max_context_tokens: the model's context length (prompt + output tokens) or None. A
+            request whose prompt alone fills it is rejected by ``add_request`` (FAILED with
+            the limit in ``fail_reason``, like a request that can never fit the KV); otherwise its ``max_tokens`` is capped at
+            ``max_context_tokens - num_prompt_tokens`` (it then finishes 'length' when the
+            context is full), counted in ``num_max_tokens_capped``.
         predictor: source of predictions (required if the policy uses predictions).
         scheduling_overhead_s: charged per decision that starts a non-empty batch.
 
@@ -160,6 +165,7 @@ class Scheduler:
         kv_capacity_tokens: int | None = None,
         predictor: PredictionSource | None = None,
         scheduling_overhead_s: float = 0.0,
+        max_context_tokens: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"sched.mode={mode!r} is not one of {list(MODES)}")
@@ -169,6 +175,8 @@ class Scheduler:
             raise ValueError(f"window_tokens must be >= 1, got {window_tokens!r}")
         if kv_capacity_tokens is not None and not kv_capacity_tokens >= 1:
             raise ValueError(f"kv_capacity_tokens must be >= 1 or null, got {kv_capacity_tokens!r}")
+        if max_context_tokens is not None and not max_context_tokens >= 1:
+            raise ValueError(f"max_context_tokens must be >= 1 or null, got {max_context_tokens!r}")
         policy.validate_predictor(predictor)
         self.worker_id = worker_id
         self.policy = policy
@@ -180,6 +188,8 @@ class Scheduler:
         self.kv_capacity_tokens = kv_capacity_tokens
         self.predictor = predictor
         self.scheduling_overhead_s = scheduling_overhead_s
+        self.max_context_tokens = max_context_tokens
+        self.num_max_tokens_capped = 0
         self.buffer = PriorityBuffer(policy.promote_after_s, policy.promote_by)
         self.running: list[Request] = []
         self._pending: list[Request] = []  # arrived, waiting for their first prediction
@@ -285,7 +295,7 @@ class Scheduler:
                              f"not {self.worker_id}")
 
     def _queue(self, request: Request, now_s: float) -> bool:
-        reason = self._never_fits(request)
+        reason = self._context_rejection(request) or self._never_fits(request)
         if reason is not None:
             self._fail(request, reason, now_s)
             return False
@@ -370,6 +380,20 @@ class Scheduler:
             problems.append(f"predicted_outstanding_tokens={self.predicted_outstanding_tokens!r}")
         if problems:
             raise InvariantError(f"worker {self.worker_id} not idle at the end of the run: " + ", ".join(problems))
+
+    def _context_rejection(self, r: Request) -> str | None:
+        """The context-length rule (see ``max_context_tokens``): the fail reason when the prompt
+        alone fills the context; otherwise caps ``r.max_tokens`` at the context left."""
+        cap = self.max_context_tokens
+        if cap is None:
+            return None
+        if r.num_prompt_tokens >= cap:
+            return (f"prompt has {r.num_prompt_tokens} tokens; the model's context length is "
+                    f"max_context_tokens={cap} (prompt + output)")
+        if r.num_prompt_tokens + r.max_tokens > cap:
+            r.max_tokens = cap - r.num_prompt_tokens
+            self.num_max_tokens_capped += 1
+        return None
 
     # ------------------------------------------------------------------ phase 1
     def schedule(self, now_s: float) -> SchedulerOutput:
@@ -578,11 +602,13 @@ class Scheduler:
             num_prefill_tokens=prefill,
             num_context_tokens=r.num_context_tokens,
             max_tokens=r.max_tokens,
+            sampling=r.sampling,
         )
 
     # ------------------------------------------------------------------ phase 2
     def update(self, output: SchedulerOutput, results: list[WindowResult], now_s: float) -> list[Request]:
-        """Apply a worker's results; returns the requests that finished.
+        """Apply a worker's results; returns the requests that finished (or FAILED: a result
+        with ``error`` fails its request alone, with that reason).
 
         Raises:
             RuntimeError: results that do not match the batch (ids, counts, token overflow).
@@ -597,6 +623,11 @@ class Scheduler:
             if res.request_id != r.request_id:
                 raise RuntimeError(f"worker {self.worker_id}: result for {res.request_id!r}, expected {r.request_id!r}")
             if r.status.is_terminal:  # aborted during the window: its result is discarded
+                continue
+            if res.error is not None:  # this request cannot run on the backend; the others go on
+                r.add_run_interval(res.start_s, res.end_s)
+                self._fail(r, res.error, now_s)
+                finished.append(r)
                 continue
             n = res.num_new_tokens
             if not 0 <= n <= item.max_new_tokens:
@@ -634,6 +665,9 @@ class Scheduler:
         r.finish_reason = reason or "eos"
         r.kv_cached = False
         self._set_load(r, 0.0)
+        observe = getattr(self.predictor, "observe_finished", None)
+        if observe is not None:  # online generator statistics (predictor=gbdt)
+            observe(r)
 
     def _fail(self, r: Request, reason: str, now_s: float | None = None) -> None:
         r.status = RequestStatus.FAILED
@@ -649,6 +683,21 @@ class Scheduler:
     def fail_request(self, r: Request, reason: str, now_s: float | None = None) -> None:
         """Fail ``r`` from outside; same as ``abort_request`` (kept for callers of the old name)."""
         self.abort_request(r, reason, now_s)
+
+    def finish_request(self, r: Request, reason: str, now_s: float) -> bool:
+        """End a running/waiting ``r`` as FINISHED with ``reason`` (e.g. 'stop': a stop string
+        was generated), freeing its slot; False (no change) when it is already terminal."""
+        if r.status.is_terminal:
+            return False
+        if r.in_buffer:
+            self.buffer.remove(r)
+        self._uncache(r)
+        if r in self.running:
+            self.running.remove(r)
+        if r in self._pending:
+            self._pending.remove(r)
+        self._finish(r, now_s, reason)
+        return True
 
 
 def _outstanding_prediction(r: Request) -> float:

@@ -93,8 +93,8 @@ class RequestTable:
             if n and arr.min() < 0:
                 i = int(np.argmin(arr))
                 raise ValueError(f"workload.{name}[{i}]={int(arr[i])} is negative")
-        if not self.max_tokens >= 1:
-            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens!r}")
+        if self.max_tokens is None or not self.max_tokens >= 1:
+            raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
         if self.request_ids is not None and len(set(self.request_ids)) != n:
             raise ValueError("workload.request_ids are not unique")
 
