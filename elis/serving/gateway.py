@@ -459,7 +459,7 @@ class Gateway:
             raise GatewayError("'echo' is not supported", param="echo")
         temperature = _field(body, "temperature", float, None, lambda v: 0 <= v <= 2 and v == v, "in [0, 2]")
         top_p = _field(body, "top_p", float, None, lambda v: 0 < v <= 1, "in (0, 1]")
-        seed = _field(body, "seed", int, None)
+        seed = _field(body, "seed", int, None, lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)")
         stream = _field(body, "stream", bool, False)
         stop = body.get("stop")
         if stop is None:
