@@ -217,6 +217,7 @@ class WallClockRunner:
             timeout = max(float(arrivals[i]) - self.now(), 0.0) if i < n else None
             if not self.step(timeout) and i >= n and not self._inflight and not self.has_work:
                 break
+            self._log_progress(i, n)
         wall_s = self.now()
         df = self.recorder.to_frame()
         # The real model decides each length, so the simulator's "generated exactly the true
@@ -227,6 +228,17 @@ class WallClockRunner:
         for s in self.schedulers:
             s.check_idle()
         return df, self._counters(wall_s)
+
+    PROGRESS_EVERY_S = 30.0
+
+    def _log_progress(self, arrived: int, n: int) -> None:
+        """A plain progress line every ``PROGRESS_EVERY_S`` wall seconds (long real runs)."""
+        now = self.now()
+        if now - getattr(self, "_last_progress_s", 0.0) < self.PROGRESS_EVERY_S:
+            return
+        self._last_progress_s = now
+        log.info("wall-clock run: %.0f s, %d/%d arrived, %d done, %d in flight",
+                 now, arrived, n, arrived - len(self.active), len(self.active))
 
     @property
     def has_work(self) -> bool:

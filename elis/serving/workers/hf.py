@@ -645,8 +645,13 @@ def load_causal_lm(
             model.save_pretrained(target)
         name_or_path = str(target)
     log.info("loading causal LM %s (%s, %s)", name_or_path, dtype, device)
-    tok = AutoTokenizer.from_pretrained(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype).to(device)
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype).to(device)
+    except OSError as err:
+        from elis.cli import model_unavailable
+
+        raise model_unavailable("worker.model.name_or_path", name_or_path, err) from err
     return model.eval(), tok
 
 
