@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from elis.serving.metrics import RequestRecorder, check_invariants, summarize
+from elis.serving.ranking import ranking_counters
 from elis.serving.request import Request, RequestStatus
 
 from elis.serving.workers.base import WorkerDied  # noqa: F401  (re-exported: the runner's fault kind)
@@ -437,7 +438,7 @@ class WallClockRunner:
                 return
             raise RuntimeError(f"all workers failed; last fault: {fault.error}") from exc
         rollback = getattr(self.listener, "on_rollback", None)
-        for r in sorted(orphans, key=lambda r: (r.arrival_time_s, r.request_id)):
+        for r in sorted(orphans, key=lambda r: (r.arrival_time_s, r.arrival_seq)):
             if rollback is not None:
                 rollback(r)
             self._requeue(r, now)
@@ -462,6 +463,7 @@ class WallClockRunner:
             "schedule_wall_s": self.schedule_wall_s,
             "frontend_predictor_wall_s": self.frontend_predictor_wall_s,
             "num_worker_faults": len(self.faults),
+            **ranking_counters(s),
             "num_batch_errors": self.num_batch_errors,
             "num_cancelled": self.num_cancelled,
             "faults": [
