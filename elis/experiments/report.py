@@ -193,13 +193,23 @@ def write_comparison(run_dir: str | Path) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Re-read run directories and print/write their comparison tables."""
-    args = sys.argv[1:] if argv is None else argv
-    if not args:
-        print("usage: python -m elis.experiments.report RUN_DIR [RUN_DIR ...]")
-        return 2
-    for d in args:
-        md, _ = write_comparison(d)
+    """Re-read run directories and print/write their comparison tables (exit 2 on a bad folder)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        prog="python -m elis.experiments.report",
+        description="Re-read run folders and (re)write their comparison.md / comparison.csv.",
+        epilog="RUN_DIR: a folder with variants/*/metrics.json (a preset=compare run, e.g. "
+               "outputs/main/<date>/experiment, or <sweep>/rates/<rate>) or one metrics.json.",
+    )
+    ap.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folder(s) to report")
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    for d in args.run_dirs:
+        try:
+            md, _ = write_comparison(d)
+        except FileNotFoundError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         print(f"## {d}\n\n{md.read_text()}")
     return 0
 

@@ -173,12 +173,12 @@ def resolve_max_tokens(cfg: DictConfig) -> int:
 
 
 def warn_if_overloaded(wl: pd.DataFrame, cost_model: CostModel, max_batch_size: int,
-                       num_workers: int) -> float | None:
+                       num_workers: int, max_tokens: int | None = None) -> float | None:
     """Log a warning when the offered load exceeds the capacity the cost model implies.
 
     Offered rate = (N − 1) / (last − first arrival); capacity from
-    ``estimate_capacity_rps`` with the workload's mean prompt and output tokens, times the
-    number of workers. Above it the queue grows for the whole run and JCT reflects run length
+    ``estimate_capacity_rps`` with the workload's mean prompt and output tokens (each output
+    capped at ``max_tokens``, what is actually generated), times the number of workers. Above it the queue grows for the whole run and JCT reflects run length
     more than scheduling. Returns the offered load as a fraction of capacity (None for < 2 requests).
     """
     from elis.serving.cost_model import estimate_capacity_rps
@@ -187,9 +187,9 @@ def warn_if_overloaded(wl: pd.DataFrame, cost_model: CostModel, max_batch_size: 
     if len(t) < 2 or t[-1] <= t[0]:
         return None
     offered = (len(t) - 1) / (t[-1] - t[0])
+    out_tokens = wl["num_output_tokens"].clip(upper=max_tokens) if max_tokens else wl["num_output_tokens"]
     capacity = num_workers * estimate_capacity_rps(
-        cost_model, float(wl["num_prompt_tokens"].mean()), float(wl["num_output_tokens"].mean()),
-        max_batch_size,
+        cost_model, float(wl["num_prompt_tokens"].mean()), float(out_tokens.mean()), max_batch_size,
     )
     load = offered / capacity
     msg = "offered load %.3f req/s = %.2f x the estimated capacity %.3f req/s (cost model %s, %d worker(s))"
@@ -251,6 +251,82 @@ def _precompute(cfg: DictConfig, prediction: PredictionService | None) -> bool:
 
 
 # ---------------------------------------------------------------------- entry
+SIZE_KEYS = ("num_requests", "max_tokens", "max_batch_size", "window_tokens", "num_workers")
+ARTEFACT_KEYS = ("ckpt_path", "model_path", "path")
+
+
+def validate_sizes(cfg: DictConfig) -> None:
+    """Each of ``SIZE_KEYS`` must be an integer ≥ 1.
+
+    Raises:
+        UserError: naming the key and its value (``num_requests=0``, ``max_tokens=None``).
+    """
+    from elis.cli import UserError
+
+    for key in SIZE_KEYS:
+        v = cfg.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UserError(f"{key}={v!r} is not allowed: {key} must be an integer >= 1")
+
+
+def choose_predictor(candidates: list[tuple[str, Path | None]], fallback: str) -> tuple[str, str]:
+    """``(name, reason)``: the first candidate whose artefact file exists, else ``fallback``."""
+    for name, artefact in candidates:
+        if artefact is not None and Path(artefact).is_file():
+            return name, f"its trained artefact {artefact} exists"
+    looked = ", ".join(str(a) for _, a in candidates if a is not None) or "nothing"
+    return fallback, f"no trained predictor for this data (looked for {looked})"
+
+
+def _artefact_of(cfg: DictConfig) -> Path | None:
+    """The file whose existence means ``cfg.predictor`` is trained (None: nothing to look for)."""
+    rt = cfg.predictor.get("runtime") or {}
+    for k in ARTEFACT_KEYS:
+        if rt.get(k):
+            return Path(str(rt.get(k)))
+    if rt.get("model_dir"):  # folder artefacts (gbdt): their metadata file
+        return Path(str(rt.get("model_dir"))) / "meta.json"
+    return None
+
+
+def resolve_predictor(cfg: DictConfig) -> DictConfig:
+    """Replace ``predictor=auto`` by the chosen option (``choose_predictor``); log which and why."""
+    from elis.config import CONFIG_DIR
+
+    p = cfg.get("predictor")
+    if p is None or p.get("name") != "auto":
+        return cfg
+    cfg = cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    options = {}
+    for name in list(p.candidates):
+        trial = cfg.copy()
+        trial.predictor = OmegaConf.load(CONFIG_DIR / "predictor" / f"{name}.yaml")
+        options[name] = (trial.predictor, _artefact_of(trial))
+    name, reason = choose_predictor([(n, a) for n, (_, a) in options.items()], str(p.fallback))
+    cfg.predictor = options[name][0] if name in options else OmegaConf.load(
+        CONFIG_DIR / "predictor" / f"{name}.yaml")
+    if name in options:
+        log.info("predictor=auto → %s: %s", name, reason)
+    else:
+        log.warning("predictor=auto → %s: %s; train one with `python train.py predictor=%s data=%s`",
+                    name, reason, list(p.candidates)[0], cfg.data.name)
+    cfg.predictor_choice = {"name": name, "reason": reason}
+    return cfg
+
+
+def ensure_dataset(cfg: DictConfig) -> None:
+    """Build the small embedded default dataset when it is missing (any other is left to the user)."""
+    if (Path(cfg.paths.data_dir) / cfg.data.name / "pairs").exists() or cfg.data.name != "embedded":
+        return
+    from elis.data.build import run as build_run
+
+    log.info("data=embedded is not built yet; building it now (about a minute)")
+    build_run(OmegaConf.create({"data": OmegaConf.to_container(cfg.data, resolve=False),
+                                "paths": OmegaConf.to_container(cfg.paths, resolve=False),
+                                "seed": cfg.seed, "task_name": "build_dataset"}))
+
+
 def build_prediction(cfg: DictConfig, cost_model: CostModel, table: RequestTable) -> PredictionService | None:
     """Instantiate ``cfg.predictor.runtime`` and wrap it; precompute all steps when configured."""
     service = build_prediction_service(cfg, cost_model)
@@ -282,6 +358,9 @@ def run(cfg: DictConfig) -> dict:
     """Run the configured experiment; returns ``{variant_name: metrics}`` (+ ``output_dir``)."""
     import hydra.utils
 
+    validate_sizes(cfg)
+    ensure_dataset(cfg)
+    cfg = resolve_predictor(cfg)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -302,7 +381,8 @@ def run(cfg: DictConfig) -> dict:
                 rcfg.workload.rate_rps = float(rate)
             rdir = out_dir / "rates" / f"{float(rate):g}"
         table, wl = build_table(rcfg)
-        warn_if_overloaded(wl, cost_model, int(rcfg.max_batch_size), int(rcfg.num_workers))
+        warn_if_overloaded(wl, cost_model, int(rcfg.max_batch_size), int(rcfg.num_workers),
+                           int(rcfg.max_tokens))
         rdir.mkdir(parents=True, exist_ok=True)
         wl.to_parquet(rdir / "workload.parquet", index=False)
         prediction = build_prediction(rcfg, cost_model, table)

@@ -219,6 +219,8 @@ def scalability(workers: list[int], profile: str, **kw) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if hasattr(sys.stdout, "reconfigure"):  # each row appears at once, also when redirected
+        sys.stdout.reconfigure(line_buffering=True)
     if args and args[0] == "_one":
         print(json.dumps(speed_one(int(args[1]), int(args[2]), args[3])))
         return 0
