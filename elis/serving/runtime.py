@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from elis.serving.cost_model import CostModel
 from elis.serving.policy import make_policy
 from elis.serving.prediction import PredictionService
 from elis.serving.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from elis.serving.simulator import RequestTable
 
 log = logging.getLogger(__name__)
 
