@@ -224,6 +224,7 @@ def run_variant(cfg: DictConfig, sched: dict, table: RequestTable, prediction, c
         record_intervals=bool(cfg.record_intervals),
         reveal_text=prediction is not None and prediction.reads_text and not _precompute(cfg, prediction),
         max_context_tokens=cfg.worker.get("max_context_tokens"),
+        path=str(cfg.worker.get("sim_path", "auto")),
     )
     res.records.to_parquet(out_dir / "requests.parquet", index=False)
     metrics = summarize(res.records)

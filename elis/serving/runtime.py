@@ -107,27 +107,46 @@ def live_prediction(prediction: PredictionService | None, cost_model: CostModel 
                              window_tokens=window_tokens)
 
 
+SIM_PATHS: tuple[str, ...] = ("auto", "fast", "general")
+
+
 def simulate(
     table: RequestTable, sched: dict, *, num_workers: int, max_batch_size: int, window_tokens: int,
     cost_model: CostModel, load_balancer, prediction: PredictionService | None,
     kv_capacity_tokens: int | None = None, record_intervals: bool = True, reveal_text: bool = False,
-    max_context_tokens: int | None = None,
+    max_context_tokens: int | None = None, path: str = "auto",
 ):
     """Simulate ``table`` under one scheduling variant; returns a ``SimResult``.
 
     ``max_context_tokens``: the simulated model's context length (the scheduler's context rule).
+    ``path`` (``worker.sim_path``): 'auto' runs ``elis.serving.fastsim.FastSimulator`` when it
+    supports the configuration and the general ``Simulator`` otherwise, logging which and why;
+    'fast' raises if unsupported; 'general' always runs the general path. Both paths give
+    identical records and counters (``tests/serving/test_fastsim_equivalence.py``).
+
+    Raises:
+        ValueError: an unknown ``path`` (lists the valid ones); 'fast' on an unsupported configuration.
     """
+    if path not in SIM_PATHS:
+        raise ValueError(f"worker.sim_path={path!r} is not one of {list(SIM_PATHS)}")
     schedulers = build_schedulers(
         sched, num_workers, max_batch_size, window_tokens, kv_capacity_tokens, prediction, cost_model,
         max_context_tokens,
     )
+    from elis.serving.fastsim import FastSimulator, unsupported_reason
     from elis.serving.metrics import RequestRecorder
     from elis.serving.simulator import Simulator
 
-    sim = Simulator(
-        table, schedulers, cost_model, load_balancer, prediction,
-        RequestRecorder(record_intervals=record_intervals), reveal_text=reveal_text,
-    )
+    recorder = RequestRecorder(record_intervals=record_intervals, capacity=len(table))
+    reason = "sim_path=general" if path == "general" else unsupported_reason(schedulers, load_balancer, prediction)
+    if reason is None:
+        log.info("simulation path: fast (elis.serving.fastsim)")
+        sim = FastSimulator(table, schedulers, cost_model, load_balancer, prediction, recorder, reveal_text)
+    elif path == "fast":
+        raise ValueError(f"worker.sim_path='fast' does not support {reason}; use 'auto' or 'general'")
+    else:
+        log.info("simulation path: general (fast path not used: %s)", reason)
+        sim = Simulator(table, schedulers, cost_model, load_balancer, prediction, recorder, reveal_text=reveal_text)
     return sim.run()
 
 

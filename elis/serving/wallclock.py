@@ -44,11 +44,16 @@ import numpy as np
 from elis.serving.metrics import RequestRecorder, check_invariants, summarize
 from elis.serving.request import Request, RequestStatus
 
+from elis.serving.workers.base import WorkerDied  # noqa: F401  (re-exported: the runner's fault kind)
+
 log = logging.getLogger(__name__)
 
+_DEATH_TYPES = ("WorkerDied", "RayActorError", "ActorDiedError", "ActorUnavailableError")
 
-class WorkerDied(RuntimeError):
-    """A worker stopped mid-window (real crash or injected fault)."""
+
+def is_worker_death(exc: BaseException) -> bool:
+    """Whether ``exc`` from a window means the worker is gone (vs. an error of that batch)."""
+    return any(c.__name__ in _DEATH_TYPES for c in type(exc).__mro__)
 
 
 @dataclass(slots=True)
@@ -96,6 +101,13 @@ class LocalWorkerHandle:
 
     def set_sampling_streams(self, streams: dict[str, str]) -> None:
         self.worker.sampling_streams = dict(streams)
+
+    def set_token_listener(self, fn) -> bool:
+        """Stream ``(request_id, token_id)`` as the worker generates (False: not supported)."""
+        if not hasattr(self.worker, "token_listener"):
+            return False
+        self.worker.token_listener = fn
+        return True
 
     def stats(self) -> dict:
         st = getattr(self.worker, "stats", None)
@@ -178,6 +190,7 @@ class WallClockRunner:
         self.schedule_wall_s = 0.0
         self.frontend_predictor_wall_s = 0.0
         self.num_cancelled = 0
+        self.num_batch_errors = 0
         self.num_finished = 0
         self.num_failed = 0
         self._t0 = 0.0
@@ -352,8 +365,11 @@ class WallClockRunner:
             self._inflight_ids.pop(r.request_id, None)
         try:
             results = fut.result()
-        except Exception as exc:  # a dead worker: Ray raises RayActorError, threads WorkerDied
-            self._on_fault(w, out, exc)
+        except Exception as exc:
+            if is_worker_death(exc):  # Ray raises RayActorError, threads and servers WorkerDied
+                self._on_fault(w, out, exc)
+            else:  # the worker is alive; this batch's requests fail with the error
+                self._on_batch_error(w, out, exc)
             return
         s = self.schedulers[w]
         now = self.now()
@@ -385,6 +401,18 @@ class WallClockRunner:
             self.listener.on_terminal(r)
 
     # ------------------------------------------------------------------ faults
+    def _on_batch_error(self, w: int, out, exc: Exception) -> None:
+        """A window raised without killing its worker (an engine error on some input): the
+        requests of that window fail with the error; the worker keeps serving the others.
+        (Real workers check each item first, ``WindowResult.error``, so this is the net.)"""
+        reason = f"worker {w} failed a window of {len(out.scheduled)} request(s): {type(exc).__name__}: {exc}"[:500]
+        self.num_batch_errors += 1
+        log.error("%s", reason)
+        s = self.schedulers[w]
+        for r in out.scheduled:
+            if s.abort_request(r, reason, self.now()):
+                self._finalize(r)
+
     def _on_fault(self, w: int, out, exc: Exception) -> None:
         now = self.now()
         self.alive[w] = False
@@ -402,7 +430,10 @@ class WallClockRunner:
                     self._finalize(r)
                 return
             raise RuntimeError(f"all workers failed; last fault: {fault.error}") from exc
+        rollback = getattr(self.listener, "on_rollback", None)
         for r in sorted(orphans, key=lambda r: (r.arrival_time_s, r.request_id)):
+            if rollback is not None:
+                rollback(r)
             self._requeue(r, now)
 
     def _requeue(self, r: Request, now: float) -> None:
@@ -425,6 +456,8 @@ class WallClockRunner:
             "schedule_wall_s": self.schedule_wall_s,
             "frontend_predictor_wall_s": self.frontend_predictor_wall_s,
             "num_worker_faults": len(self.faults),
+            "num_batch_errors": self.num_batch_errors,
+            "num_cancelled": self.num_cancelled,
             "faults": [
                 {"worker_id": f.worker_id, "time_s": f.time_s, "error": f.error,
                  "num_requeued": len(f.requeued_request_ids), "requeued_request_ids": f.requeued_request_ids}

@@ -127,3 +127,26 @@ def test_run_where_nothing_finishes_writes_correct_metrics(tiny, compose_cfg):
     rec = pd.read_parquet(d / "requests.parquet")
     assert (rec["status"] == "FAILED").all() and rec["jct_s"].isna().all() and rec["ttft_s"].isna().all()
     assert no_completion_message(out) is not None
+
+
+def test_sim_path_auto_runs_the_fast_path_with_the_general_paths_records(tiny, compose_cfg, caplog):
+    import logging
+
+    def run_path(path):
+        sub = tiny / f"path-{path}"
+        cfg = compose_cfg("run_experiment", BASE + ["sched=isrtf", f"worker.sim_path={path}", f"paths.output_dir={sub}"])
+        with caplog.at_level(logging.INFO, logger="elis.serving.runtime"):
+            run(cfg)
+        return pd.read_parquet(sub / "requests.parquet"), json.loads((sub / "metrics.json").read_text())
+
+    fast, m_fast = run_path("auto")
+    assert m_fast["sim_path"] == "fast" and "simulation path: fast" in caplog.text
+    general, m_general = run_path("general")
+    assert m_general["sim_path"] == "general"
+    pd.testing.assert_frame_equal(fast, general, check_exact=True)
+    caplog.clear()
+    cfg = compose_cfg("run_experiment", BASE + ["sched=isrtf", "worker.kv_capacity_tokens=100000",
+                                                f"paths.output_dir={tiny / 'kv'}"])
+    with caplog.at_level(logging.INFO, logger="elis.serving.runtime"):
+        run(cfg)
+    assert "simulation path: general (fast path not used: worker.kv_capacity_tokens" in caplog.text

@@ -315,3 +315,20 @@ def test_serve_config_composes_and_builds_a_gateway_over_remote_servers(model_to
         for h in rt.handles:
             h.worker.close()
         _HANDLES.clear()
+
+
+def test_tokens_stream_as_they_are_generated_inside_a_window(model_tok):
+    """W=50 > max_tokens: one window, yet one SSE chunk per visible token (char tokenizer),
+    each with its own token id when return_token_ids is set."""
+    import httpx
+
+    model, tok = model_tok
+    ids, text = reference(model, tok, "beta gamma", 9)
+    with Served(hf_runtime(model, tok, window_tokens=50)) as s:
+        chunks = [ch for ch in s.client().completions.create(model="tiny", prompt="beta gamma", max_tokens=9,
+                                                             stream=True) if ch.choices[0].text]
+        with httpx.stream("POST", s.url + "/v1/completions", timeout=30, json={
+                "prompt": "beta gamma", "max_tokens": 9, "stream": True, "return_token_ids": True}) as r:
+            got = [json.loads(ln[5:]) for ln in r.iter_lines() if ln.startswith("data: {")]
+    assert [ch.choices[0].text for ch in chunks] == list(text)
+    assert [c["choices"][0]["token_ids"] for c in got if c["choices"][0]["token_ids"]] == [[t] for t in ids]
