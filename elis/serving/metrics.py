@@ -224,6 +224,7 @@ def summarize(records: pd.DataFrame, bucket_edges: tuple[float, float] | None = 
     for m in LATENCY_METRICS:
         out.update(_stats(m, fin[f"{m}_s"].to_numpy(dtype=np.float64)))
     out["max_wait_s"] = float(fin["max_wait_s"].max()) if len(fin) else None
+    out.update(prediction_summary(fin))
     out["num_preemptions"] = int(records["num_preemptions"].sum())
     out["num_recomputed_tokens"] = int(records["num_recomputed_tokens"].sum())
     if bucket_edges is None:
@@ -235,6 +236,32 @@ def summarize(records: pd.DataFrame, bucket_edges: tuple[float, float] | None = 
         out[f"jct_mean_s_{name}"] = float(sel["jct_s"].mean()) if len(sel) else None
         out[f"jct_p99_s_{name}"] = float(np.percentile(sel["jct_s"], 99)) if len(sel) else None
         out[f"num_requests_{name}"] = int(len(sel))
+    return out
+
+
+def prediction_summary(fin: pd.DataFrame) -> dict:
+    """Mean predicted vs generated tokens of finished requests (issue 9 item 5).
+
+    ``predicted_first_mean_tokens`` (mean step-0 prediction of the whole response) beside
+    ``num_output_tokens_mean`` (mean generated); when the per-step lists were recorded, also the
+    mean over EVERY prediction made of the predicted and the true remaining tokens
+    (``predicted_remaining_mean_tokens`` vs ``true_remaining_mean_tokens``). None when the run
+    made no predictions (a policy that needs none).
+    """
+    first = fin["first_predicted_tokens"].to_numpy(dtype=np.float64) if len(fin) else np.zeros(0)
+    first = first[np.isfinite(first)]
+    out: dict = {
+        "num_output_tokens_mean": float(fin["num_output_tokens"].mean()) if len(fin) else None,
+        "predicted_first_mean_tokens": float(first.mean()) if first.size else None,
+        "predicted_remaining_mean_tokens": None,
+        "true_remaining_mean_tokens": None,
+    }
+    if "predicted_remaining_tokens" in fin and len(fin):
+        pred = [x for lst in fin["predicted_remaining_tokens"] for x in lst]
+        true = [x for lst in fin["true_remaining_tokens"] for x in lst]
+        if pred and len(pred) == len(true):
+            out["predicted_remaining_mean_tokens"] = float(np.mean(pred))
+            out["true_remaining_mean_tokens"] = float(np.mean(true))
     return out
 
 
@@ -256,7 +283,7 @@ def check_invariants(records: pd.DataFrame, expected_request_ids: Iterable[str] 
     """
     problems: list[str] = []
     ids = records["request_id"]
-    dup = ids[ids.duplicated()].tolist()
+    dup = [] if ids.is_unique else ids[ids.duplicated()].tolist()
     if dup:
         problems.append(f"{len(dup)} duplicated request ids, e.g. {dup[:10]}")
     if isinstance(expected_request_ids, int):
@@ -271,17 +298,19 @@ def check_invariants(records: pd.DataFrame, expected_request_ids: Iterable[str] 
         if extra:
             problems.append(f"{len(extra)} unknown requests recorded, e.g. {extra[:10]}")
     # Column-wise boolean masks (no filtered copies of the frame: a 1M-row run checks in place).
-    ids_np = ids.to_numpy()
-    status = records["status"].to_numpy()
-    fin = status == RequestStatus.FINISHED.name
-    failed = status == RequestStatus.FAILED.name
+    def some_ids(mask: np.ndarray) -> list:
+        return ids[mask].head(10).tolist()
+
+    status = records["status"]
+    fin = (status == RequestStatus.FINISHED.name).to_numpy(dtype=bool)
+    failed = (status == RequestStatus.FAILED.name).to_numpy(dtype=bool)
     bad = ~(fin | failed)
     if bad.any():
-        problems.append(f"{int(bad.sum())} requests not terminal, e.g. {ids_np[bad][:10].tolist()}")
+        problems.append(f"{int(bad.sum())} requests not terminal, e.g. {some_ids(bad)}")
     reason = records["fail_reason"]
-    no_reason = failed & (reason.isna() | (reason == "")).to_numpy()
+    no_reason = failed & (reason.isna() | (reason == "")).to_numpy(dtype=bool)
     if no_reason.any():
-        problems.append(f"{int(no_reason.sum())} failed requests without a reason, e.g. {ids_np[no_reason][:10].tolist()}")
+        problems.append(f"{int(no_reason.sum())} failed requests without a reason, e.g. {some_ids(no_reason)}")
     true = records["true_num_output_tokens"].to_numpy()
     target = np.minimum(true, records["max_tokens"].to_numpy())
     wrong = fin & (true >= 0) & (records["num_output_tokens"].to_numpy() != target)
@@ -302,6 +331,6 @@ def check_invariants(records: pd.DataFrame, expected_request_ids: Iterable[str] 
     ):
         mask = mask & fin
         if mask.any():
-            problems.append(f"{int(mask.sum())} requests with {name}, e.g. {ids_np[mask][:10].tolist()}")
+            problems.append(f"{int(mask.sum())} requests with {name}, e.g. {some_ids(mask)}")
     if problems:
         raise InvariantError("run invariants violated:\n- " + "\n- ".join(problems))

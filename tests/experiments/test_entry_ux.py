@@ -90,3 +90,30 @@ def test_format_metrics_prints_each_split():
     assert format_metrics(m).splitlines() == [
         "evaluate: predictor=minilm data=tiny",
         "  test      rows=12 R2=0.250 MAE=80.0 tokens RMSE=100.0 kendall_tau_step0=n/a"]
+
+
+def test_real_markdown_shows_runs_spread_and_caveat(tmp_path):
+    import pandas as pd
+    from omegaconf import OmegaConf
+
+    from elis.main import _real_markdown, paired_summary
+
+    d = tmp_path / "real" / "pair0" / "fcfs_windowed"
+    d.mkdir(parents=True)
+    pd.DataFrame({"arrival_time_s": [0.0, 5.0, 10.0]}).to_parquet(d / "workload.parquet")
+    ecfg = OmegaConf.create({
+        "seed": 0, "data": {"name": "embedded"}, "workload": {"kind": "gamma", "cv": 0.0, "rate_rps": 0.2},
+        "main_load_factor": 0.6, "main_capacity_rps": 1 / 3, "predictor": {"name": "minilm"},
+        "cost_model": {"name": "cpu_smollm2_135m"}, "worker": {"kind": "hf"}, "num_workers": 1,
+        "max_batch_size": 4, "window_tokens": 50, "max_tokens": 200})
+    rows = [{"pair": p, "position": k, "variant": v, "seed": p, "jct_mean_s": j, "jct_p99_s": None,
+             "num_finished": 3, "num_failed": 0, "num_preemptions": 0, "realised_rps": 0.2, "wall_s": 30.0}
+            for p, k, v, j in [(0, 1, "fcfs_windowed", 10.0), (0, 2, "isrtf_windowed", 9.0),
+                               (1, 1, "isrtf_windowed", 12.0), (1, 2, "fcfs_windowed", 10.0)]]
+    summ = paired_summary(rows, "fcfs_windowed", "isrtf_windowed")
+    md = _real_markdown(rows, summ, ["fcfs_windowed", "isrtf_windowed"], ecfg, tmp_path, 2)
+    assert "3 requests from the `embedded` test split" in md
+    assert "rate requested 0.200 req/s (0.60 × the estimated capacity 0.333 req/s), realised 0.200 req/s" in md
+    assert "| 2 | 1 | isrtf_windowed | 12.00 | n/a | 3 | 0 | 0 | 0.200 | 30 |" in md
+    # per pair −10% and +20%: mean +5%, inside the spread → the plain caveat
+    assert "+5.0% on average over 2 pair(s) (per pair: -10.0%, +20.0%" in md and "**Inside the spread:**" in md

@@ -200,3 +200,35 @@ def test_workload_read_in_chunks(monkeypatch):
     table = workload(n=60, workers=2, seed=5)
     sched = {"policy": "isrtf", "mode": "continuous", "preemption": True}
     assert_same(*run_both(table, sched, workers=2, lb="least_predicted_tokens"))
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "srtf_oracle", "isrtf"])
+def test_ties_by_arrival_sequence_with_unpadded_ids_on_both_paths(policy):
+    # issue 11 item 17: r0..r11 arriving together with equal lengths tie on arrival sequence,
+    # not on the ids' string order (r0, r1, r10, r11, r2, ...), on the fast path as on the general
+    ids = [f"r{i}" for i in range(12)]
+    table = RequestTable(arrival_time_s=np.zeros(12), num_prompt_tokens=np.full(12, 5),
+                         num_output_tokens=np.full(12, 60), max_tokens=512, request_ids=ids)
+    general, fast = run_both(table, {"policy": policy, "mode": "windowed", "preemption": True}, pred="oracle", batch=1)
+    assert_same(general, fast)
+    assert list(fast.records.sort_values("finish_time_s")["request_id"]) == ids
+    if policy == "isrtf":  # τ among co-waiting requests is reported by both paths
+        assert fast.counters["num_ranking_decisions"] > 0
+
+
+def test_kendall_tau_small_loop_equals_the_numpy_form(monkeypatch):
+    import elis.serving.ranking as ranking
+
+    rng = np.random.default_rng(0)
+    cases = []
+    for t in range(400):
+        n = int(rng.integers(2, 30))
+        x = np.round(rng.random(n) * rng.integers(1, 20), 1)  # rounded: ties in both variables
+        y = np.round(rng.random(n) * rng.integers(1, 20), 0)
+        if t % 9 == 0:
+            x[:] = 3.0  # constant: undefined
+        cases.append((x, y))
+    small = [ranking.kendall_tau_b(x, y) for x, y in cases]
+    monkeypatch.setattr(ranking, "_SMALL_N", 0)
+    assert small == [ranking.kendall_tau_b(x, y) for x, y in cases]
+    assert ranking.kendall_tau_b(np.array([1.0, 2.0, 3.0]), np.array([1.0, 3.0, 2.0])) == 1 / 3
