@@ -1,6 +1,7 @@
 """Serve an OpenAI-compatible API over the ELIS scheduler: ``python serve.py [worker=remote ...]``.
 
-Thin Hydra entry point; the work is in ``elis.serving.gateway.serve(cfg)``.
+Thin Hydra entry point; the work is in ``elis.serving.gateway.serve(cfg)`` (see
+``conf/serve.yaml`` for the options and ``elis/serving/gateway.py`` for the API).
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ Run directory (``paths.output_dir``)::
 
     config.yaml  workload.parquet  [requests.parquet metrics.json]           single run
     variants/<name>/{requests.parquet, metrics.json, variant.json}            preset=compare
+    seeds/<seed>/{workload.parquet, variants/..., comparison.md}              compare.seeds=[...]
+    comparison.{md,csv} (with seeds)                                         mean ± 95% CI over seeds
     rates/<rate>/variants/<name>/...                                          sweep.rates_rps
     comparison.md  comparison.csv  plots/*.png                                compare / sweep
 
@@ -201,6 +203,43 @@ def warn_if_overloaded(wl: pd.DataFrame, cost_model: CostModel, max_batch_size: 
     return load
 
 
+def workload_stats(wl: pd.DataFrame, cfg: DictConfig, load_fraction: float | None) -> dict:
+    """The requested and the REALISED offered load of a workload (issue 12 item 7).
+
+    ``offered_rate_rps`` = (N − 1) / (last − first arrival) — what the seeded arrivals actually
+    offer (e.g. 12–60 Gamma arrivals at 0.2 req/s realise 0.28–0.30 with seed 0);
+    ``requested_rate_rps`` = ``workload.rate_rps`` (None for trace replay, whose
+    ``time_scale`` is reported instead); ``offered_load_fraction`` = realised rate / the cost
+    model's estimated capacity (``warn_if_overloaded``).
+    """
+    t = wl["arrival_time_s"].to_numpy(dtype=np.float64)
+    span = float(t[-1] - t[0]) if len(t) >= 2 else 0.0
+    w = cfg.workload
+    return {
+        "seed": int(cfg.seed),
+        "requested_rate_rps": float(w.rate_rps) if w.get("kind") != "trace" and w.get("rate_rps") is not None else None,
+        "trace_time_scale": float(w.time_scale) if w.get("kind") == "trace" else None,
+        "offered_rate_rps": (len(t) - 1) / span if span > 0 else None,
+        "offered_load_fraction": load_fraction,
+    }
+
+
+def seeds_of(cfg: DictConfig) -> list[int | None]:
+    """``compare.seeds`` (each seed re-draws arrivals, requests and predictor noise), else [None].
+
+    Raises:
+        ValueError: an empty list or duplicated seeds.
+    """
+    comp = cfg.get("compare")
+    seeds = comp.get("seeds") if comp else None
+    if seeds is None:
+        return [None]
+    seeds = [int(x) for x in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"compare.seeds must be a non-empty list of distinct integers, got {seeds}")
+    return seeds
+
+
 # ---------------------------------------------------------------------- one variant
 def run_variant(cfg: DictConfig, sched: dict, table: RequestTable, prediction, cost_model, out_dir: Path) -> dict:
     """Run one variant into ``out_dir`` (requests.parquet, metrics.json); return its summary."""
@@ -350,7 +389,10 @@ def variants_of(cfg: DictConfig) -> list[tuple[str, dict]]:
         unknown = sorted(set(v) - set(SCHED_KEYS))
         if unknown:
             raise ValueError(f"compare.variants[{name}] has unknown keys {unknown}; valid: {list(SCHED_KEYS)}")
-        out.append((name, {**base, **v}))
+        merged = {**base, **v}
+        if v.get("policy", base.get("policy")) != base.get("policy") and "policy_params" not in v:
+            merged.pop("policy_params", None)  # another policy's parameters do not carry over
+        out.append((name, merged))
     return out
 
 
@@ -380,22 +422,37 @@ def run(cfg: DictConfig) -> dict:
             else:
                 rcfg.workload.rate_rps = float(rate)
             rdir = out_dir / "rates" / f"{float(rate):g}"
-        table, wl = build_table(rcfg)
-        warn_if_overloaded(wl, cost_model, int(rcfg.max_batch_size), int(rcfg.num_workers),
-                           int(rcfg.max_tokens))
-        rdir.mkdir(parents=True, exist_ok=True)
-        wl.to_parquet(rdir / "workload.parquet", index=False)
-        prediction = build_prediction(rcfg, cost_model, table)
-        for name, sched in variants:
-            vdir = rdir if not cfg.get("compare") else rdir / "variants" / name
-            m = run_variant(rcfg, sched, table, prediction, cost_model, vdir)
-            (vdir / "variant.json").write_text(json.dumps({"name": name, **sched, "rate": rate}))
-            key = name if rate is None else f"{name}@{rate:g}"
-            results[key] = m
-        if cfg.get("compare"):
-            from elis.experiments.report import write_comparison
+        seeds = seeds_of(cfg)
+        for seed in seeds:
+            scfg, sdir = rcfg, rdir
+            if seed is not None:
+                scfg = rcfg.copy()
+                OmegaConf.set_struct(scfg, False)
+                scfg.seed = int(seed)
+                sdir = rdir / "seeds" / str(int(seed))
+            table, wl = build_table(scfg)
+            load = warn_if_overloaded(wl, cost_model, int(scfg.max_batch_size), int(scfg.num_workers),
+                                     int(scfg.max_tokens))
+            wstats = workload_stats(wl, scfg, load)
+            sdir.mkdir(parents=True, exist_ok=True)
+            wl.to_parquet(sdir / "workload.parquet", index=False)
+            prediction = build_prediction(scfg, cost_model, table)
+            for name, sched in variants:
+                vdir = sdir if not cfg.get("compare") else sdir / "variants" / name
+                m = run_variant(scfg, sched, table, prediction, cost_model, vdir)
+                m.update(wstats)  # realised offered load next to the requested one
+                (vdir / "metrics.json").write_text(json.dumps(m, indent=2, default=_json_default))
+                (vdir / "variant.json").write_text(json.dumps({"name": name, **sched, "rate": rate, "seed": seed}))
+                key = name if rate is None else f"{name}@{rate:g}"
+                results[key if seed is None else f"{key}#s{int(seed)}"] = m
+            if cfg.get("compare"):
+                from elis.experiments.report import write_comparison
 
-            write_comparison(rdir)
+                write_comparison(sdir)
+        if seeds != [None]:
+            from elis.experiments.report import write_seed_comparison
+
+            write_seed_comparison(rdir)
     if cfg.get("plots", True):
         from elis.experiments.plots import plot_run
 

@@ -2,7 +2,8 @@
 
 - ``OraclePredictor``: the true remaining tokens (simulation only): SRTF-oracle's key.
 - ``NoisyOraclePredictor``: true remaining × log-normal noise exp(σ·z), z ~ N(0, 1), to
-  measure how much predictor accuracy scheduling needs. The noise of a query depends only on
+  measure how much predictor accuracy scheduling needs; its ``predict_quantiles`` is the
+  log-normal around its point prediction (the oracle's is a point mass). The noise of a query depends only on
   (seed, request_id, num_generated_tokens), never on batch composition or call order. It is
   counter-based (``standard_normal_at``): a 64-bit key per (seed, request) from sha256, the
   step's token count as the counter, SplitMix64 (Steele, Lea & Flood, OOPSLA 2014) → two
@@ -95,9 +96,14 @@ class OraclePredictor(TimedPredictor):
     """
 
     name = "oracle"
+    provides_quantiles = True
 
     def _predict(self, queries: Sequence[PredictionQuery]) -> np.ndarray:
         return np.array([_true_remaining(q, self.name) for q in queries])
+
+    def _predict_quantiles(self, queries: Sequence[PredictionQuery], levels: np.ndarray) -> np.ndarray:
+        # a point mass at the truth: every quantile is the true remaining length
+        return np.repeat(self._predict(queries)[:, None], levels.size, axis=1)
 
 
 class NoisyOraclePredictor(TimedPredictor):
@@ -115,6 +121,7 @@ class NoisyOraclePredictor(TimedPredictor):
     """
 
     name = "noisy_oracle"
+    provides_quantiles = True
 
     def __init__(self, sigma: float = 0.5, seed: int = 0) -> None:
         super().__init__()
@@ -127,6 +134,16 @@ class NoisyOraclePredictor(TimedPredictor):
         rem = np.array([_true_remaining(q, self.name) for q in queries], dtype=np.float64)
         keys = [noise_key(self.seed, q.request_id or q.prompt) for q in queries]
         return rem * noise_multipliers(keys, [q.num_generated_tokens for q in queries], self.sigma)
+
+
+    def _predict_quantiles(self, queries: Sequence[PredictionQuery], levels: np.ndarray) -> np.ndarray:
+        """Quantiles consistent with the noise: given the noisy point ``p = R·exp(σz)`` (the
+        same draw ``_predict`` makes for that query), ``log R = log p − σz`` with z ~ N(0, 1),
+        so the quantile at level ℓ is ``p·exp(σ·Φ⁻¹(ℓ))``; the median is ``p`` itself."""
+        from scipy.special import ndtri
+
+        p = self._predict(queries)
+        return p[:, None] * np.exp(self.sigma * ndtri(levels))[None, :]
 
 
 class ConstantPredictor(TimedPredictor):

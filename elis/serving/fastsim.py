@@ -42,6 +42,7 @@ from elis.serving.cost_model import CostModel
 from elis.serving.load_balancer import LeastPredictedTokens, LeastRequests, LoadBalancer, PowerOfTwo, RoundRobin
 from elis.serving.metrics import InvariantError, RequestRecorder, check_invariants, fail_reason_kind
 from elis.serving.prediction import PredictionService, reveal_prefix
+from elis.serving.ranking import RankingTracker, ranking_counters
 from elis.serving.scheduler import Scheduler
 from elis.serving.simulator import RequestTable, SimResult
 
@@ -59,7 +60,7 @@ def unsupported_reason(
     schedulers: list[Scheduler], load_balancer: LoadBalancer, prediction: PredictionService | None
 ) -> str | None:
     """Why the fast path cannot run this configuration, or None when it can."""
-    from elis.serving.policy import SchedulingPolicy
+    from elis.serving.policy import policy_class
 
     if not schedulers:
         return "no workers"
@@ -67,10 +68,10 @@ def unsupported_reason(
     for s in schedulers:
         if type(s) is not Scheduler:
             return f"scheduler class {type(s).__name__}"
-        if type(s.policy) is not SchedulingPolicy:
-            return f"policy class {type(s.policy).__name__}"
         if s.policy.name not in FAST_POLICIES:
             return f"sched.policy={s.policy.name!r} (fast path: {list(FAST_POLICIES)})"
+        if type(s.policy) is not policy_class(s.policy.name):  # a subclass may change the keys
+            return f"policy class {type(s.policy).__name__}"
         if s.policy.promote_after_s is not None:
             return "sched.promote_after_s (promotion tiers)"
         if s.kv_capacity_tokens is not None:
@@ -168,13 +169,14 @@ class _Worker:
     __slots__ = (
         "wid", "running", "buffer", "pending", "num_outstanding", "predicted_outstanding_tokens", "busy",
         "version", "start", "prefill_total", "steps", "max_steps", "fins", "peak_load", "n_tok", "ends", "firsts", "num_decisions", "num_predictions",
-        "predictor_latency_total_s", "scheduling_overhead_total_s", "num_preemptions",
+        "predictor_latency_total_s", "scheduling_overhead_total_s", "num_preemptions", "ranking",
     )
 
     def __init__(self, wid: int) -> None:
         self.wid = wid
         self.running: list[_Req] = []
         self.buffer: list[tuple] = []  # heap of (sort_key, request); sort keys are unique
+        self.ranking = RankingTracker()
         self.pending: list[_Req] = []
         self.num_outstanding = 0
         self.predicted_outstanding_tokens = 0.0
@@ -329,7 +331,7 @@ class FastSimulator:
         pol = self.policy
         name, alpha = pol.name, pol.aging_tokens_per_s
         if name == "fcfs":
-            return lambda r: (r.arrival_time_s, r.arrival_time_s, r.request_id)
+            return lambda r: (r.arrival_time_s, r.arrival_time_s, r.i)
         if name == "srtf_oracle":
             def raw(r):
                 return float(r.target - r.num_generated_tokens)
@@ -340,13 +342,13 @@ class FastSimulator:
             def raw(r):
                 return float(min(max(r.first_predicted_tokens, 0.0), r.max_tokens))
         if alpha:
-            return lambda r: (raw(r) + alpha * r.arrival_time_s, r.arrival_time_s, r.request_id)
+            return lambda r: (raw(r) + alpha * r.arrival_time_s, r.arrival_time_s, r.i)
         if name == "isrtf":  # the hot case, without the extra call
             return lambda r: (
                 float(min(max(r.predicted_remaining_tokens, 0.0), r.max_tokens - r.num_generated_tokens)),
-                r.arrival_time_s, r.request_id,
+                r.arrival_time_s, r.i,
             )
-        return lambda r: (raw(r), r.arrival_time_s, r.request_id)
+        return lambda r: (raw(r), r.arrival_time_s, r.i)
 
     # ------------------------------------------------------------------ loop
     def run(self) -> SimResult:
@@ -556,6 +558,14 @@ class FastSimulator:
                 keyed.sort(key=_first)
         else:
             continuing, keyed = running, []
+        if self.uses_predictions:  # Scheduler._observe_ranking: τ among the competing requests
+            group = [r for _, r in buf if r.predicted_remaining_tokens is not None]
+            group += [r for _, r in keyed if r.predicted_remaining_tokens is not None]
+            if len(group) >= 2:
+                wk.ranking.observe(
+                    np.fromiter((r.predicted_remaining_tokens for r in group), np.float64, len(group)),
+                    np.fromiter((r.target - r.num_generated_tokens for r in group), np.float64, len(group)),
+                )
         # Scheduler._incumbent_keeps: a challenger displaces an at-boundary request only if
         # its key is lower by MORE than the margin (keys without tie-breakers).
         margin = self.margin
@@ -802,5 +812,6 @@ class FastSimulator:
             "num_kv_drops": 0,
             "predictor_overhead_s": sum(x.predictor_latency_total_s for x in ws) + self.frontend_predictor_s,
             "scheduling_overhead_s": sum(x.scheduling_overhead_total_s for x in ws),
+            **ranking_counters(ws),
             "sim_path": "fast",
         }

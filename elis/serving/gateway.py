@@ -46,7 +46,6 @@ Metrics (``/metrics``, vLLM-style names with prefix ``elis:``): gauges ``num_req
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
 import queue
@@ -376,9 +375,6 @@ class GatewayConfig:
     request_timeout_s: float = 600.0
 
 
-_IDS = itertools.count()
-
-
 def _field(body: dict, name: str, kind, default=None, check=None, why: str = ""):
     v = body.get(name, default)
     if v is None:
@@ -453,13 +449,12 @@ class Gateway:
         """
         if not isinstance(body, dict):
             raise GatewayError("the request body must be a JSON object", param=None)
-        n = _field(body, "n", int, 1, lambda v: v == 1, "1 (one choice per request)")
-        del n
+        _field(body, "n", int, 1, lambda v: v == 1, "1 (one choice per request)")
         if body.get("echo"):
             raise GatewayError("'echo' is not supported", param="echo")
         temperature = _field(body, "temperature", float, None, lambda v: 0 <= v <= 2 and v == v, "in [0, 2]")
         top_p = _field(body, "top_p", float, None, lambda v: 0 < v <= 1, "in (0, 1]")
-        seed = _field(body, "seed", int, None)
+        seed = _field(body, "seed", int, None, lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)")
         stream = _field(body, "stream", bool, False)
         stop = body.get("stop")
         if stop is None:

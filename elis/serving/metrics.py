@@ -224,6 +224,7 @@ def summarize(records: pd.DataFrame, bucket_edges: tuple[float, float] | None = 
     for m in LATENCY_METRICS:
         out.update(_stats(m, fin[f"{m}_s"].to_numpy(dtype=np.float64)))
     out["max_wait_s"] = float(fin["max_wait_s"].max()) if len(fin) else None
+    out.update(prediction_summary(fin))
     out["num_preemptions"] = int(records["num_preemptions"].sum())
     out["num_recomputed_tokens"] = int(records["num_recomputed_tokens"].sum())
     if bucket_edges is None:
@@ -235,6 +236,32 @@ def summarize(records: pd.DataFrame, bucket_edges: tuple[float, float] | None = 
         out[f"jct_mean_s_{name}"] = float(sel["jct_s"].mean()) if len(sel) else None
         out[f"jct_p99_s_{name}"] = float(np.percentile(sel["jct_s"], 99)) if len(sel) else None
         out[f"num_requests_{name}"] = int(len(sel))
+    return out
+
+
+def prediction_summary(fin: pd.DataFrame) -> dict:
+    """Mean predicted vs generated tokens of finished requests (issue 9 item 5).
+
+    ``predicted_first_mean_tokens`` (mean step-0 prediction of the whole response) beside
+    ``num_output_tokens_mean`` (mean generated); when the per-step lists were recorded, also the
+    mean over EVERY prediction made of the predicted and the true remaining tokens
+    (``predicted_remaining_mean_tokens`` vs ``true_remaining_mean_tokens``). None when the run
+    made no predictions (a policy that needs none).
+    """
+    first = fin["first_predicted_tokens"].to_numpy(dtype=np.float64) if len(fin) else np.zeros(0)
+    first = first[np.isfinite(first)]
+    out: dict = {
+        "num_output_tokens_mean": float(fin["num_output_tokens"].mean()) if len(fin) else None,
+        "predicted_first_mean_tokens": float(first.mean()) if first.size else None,
+        "predicted_remaining_mean_tokens": None,
+        "true_remaining_mean_tokens": None,
+    }
+    if "predicted_remaining_tokens" in fin and len(fin):
+        pred = [x for lst in fin["predicted_remaining_tokens"] for x in lst]
+        true = [x for lst in fin["true_remaining_tokens"] for x in lst]
+        if pred and len(pred) == len(true):
+            out["predicted_remaining_mean_tokens"] = float(np.mean(pred))
+            out["true_remaining_mean_tokens"] = float(np.mean(true))
     return out
 
 

@@ -21,18 +21,24 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from elis.serving.cost_model import CostModel
-from elis.serving.policy import SchedulingPolicy
+from elis.serving.policy import make_policy
 from elis.serving.prediction import PredictionService
 from elis.serving.scheduler import Scheduler
 
+if TYPE_CHECKING:
+    from elis.serving.simulator import RequestTable
+
 log = logging.getLogger(__name__)
 
-SCHED_KEYS = ("policy", "mode", "preemption", "preemption_margin", "aging_tokens_per_s", "promote_after_s")
+SCHED_KEYS = (
+    "policy", "mode", "preemption", "preemption_margin", "aging_tokens_per_s", "promote_after_s", "promote_by",
+    "policy_params",
+)
 REAL_WORKER_KINDS = ("hf", "remote", "vllm")
 
 
@@ -56,15 +62,17 @@ def build_schedulers(
 
     Raises:
         ValueError: an unknown key in ``sched`` (lists ``SCHED_KEYS``) or a bad value
-            (raised by ``SchedulingPolicy`` / ``Scheduler``, naming the field).
+            (raised by ``make_policy`` / ``Scheduler``, naming the field).
     """
     unknown = sorted(set(sched) - set(SCHED_KEYS))
     if unknown:
         raise ValueError(f"sched has unknown keys {unknown}; valid: {list(SCHED_KEYS)}")
-    policy = SchedulingPolicy(
-        name=sched["policy"],
+    policy = make_policy(
+        sched["policy"],
         aging_tokens_per_s=float(sched.get("aging_tokens_per_s", 0.0) or 0.0),
         promote_after_s=sched.get("promote_after_s"),
+        promote_by=sched.get("promote_by") or "wait",
+        **dict(sched.get("policy_params") or {}),
     )
     overhead = cost_model.scheduling_overhead_s if cost_model is not None else 0.0
     extra = {"max_context_tokens": max_context_tokens} if max_context_tokens is not None else {}

@@ -42,6 +42,7 @@ from elis.serving.cost_model import CostModel
 from elis.serving.load_balancer import LoadBalancer
 from elis.serving.metrics import RequestRecorder, check_invariants
 from elis.serving.prediction import PredictionService
+from elis.serving.ranking import ranking_counters
 from elis.serving.request import Request, RequestStatus
 from elis.serving.scheduler import Scheduler, SchedulerOutput
 from elis.serving.workers.base import WindowResult
@@ -112,6 +113,7 @@ class RequestTable:
         """The ``Request`` for row ``i``."""
         return Request(
             request_id=self.request_id(i),
+            arrival_seq=i,
             prompt=self.prompts[i] if self.prompts is not None else "",
             arrival_time_s=float(self.arrival_time_s[i]),
             num_prompt_tokens=int(self.num_prompt_tokens[i]),
@@ -314,5 +316,6 @@ class Simulator:
             "num_kv_drops": sum(x.num_kv_drops for x in s),
             "predictor_overhead_s": sum(x.predictor_latency_total_s for x in s) + self.frontend_predictor_s,
             "scheduling_overhead_s": sum(x.scheduling_overhead_total_s for x in s),
+            **ranking_counters(s),
             "sim_path": "general",
         }

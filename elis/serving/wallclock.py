@@ -5,6 +5,9 @@
 ``RequestTable`` with the same ``Scheduler`` / load balancer / ``RequestRecorder`` code as
 ``elis.serving.simulator``, but time is ``time.perf_counter()`` since the run started:
 
+* the same ``WallClockRunner`` also serves open-ended traffic: the HTTP gateway
+  (``elis.serving.gateway``) drives it through ``submit`` / ``cancel`` / ``step`` instead of a
+  table (one request path for experiments and serving);
 * arrivals are admitted when the clock passes ``arrival_time_s × worker.time_scale``;
 * each worker runs its windows in its own executor (a thread for ``cluster=local``, a Ray
   actor for ``cluster=ray``, see ``elis.serving.workers.ray_worker``), so workers run
@@ -15,6 +18,9 @@
 * continuous mode: a running segment cannot be cut from outside, so decode segments are
   bounded by ``worker.continuous_max_steps`` decode steps, after which the scheduler
   decides again (an arrival waits at most that many steps for a free slot);
+* per-request errors: a ``WindowResult.error`` (the worker could not run that item: empty
+  prompt without BOS, context too long, HTTP 4xx) fails that request alone; a window that
+  raises anything but a worker death fails that window's requests, the worker stays alive;
 * faults: a worker whose window raises (a killed Ray actor: ``RayActorError``) is marked
   dead; the requests of that window and of its buffer return to live workers with the
   tokens confirmed by earlier windows (the failed window's tokens are discarded), and the
@@ -42,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from elis.serving.metrics import RequestRecorder, check_invariants, summarize
+from elis.serving.ranking import ranking_counters
 from elis.serving.request import Request, RequestStatus
 
 from elis.serving.workers.base import WorkerDied  # noqa: F401  (re-exported: the runner's fault kind)
@@ -431,7 +438,7 @@ class WallClockRunner:
                 return
             raise RuntimeError(f"all workers failed; last fault: {fault.error}") from exc
         rollback = getattr(self.listener, "on_rollback", None)
-        for r in sorted(orphans, key=lambda r: (r.arrival_time_s, r.request_id)):
+        for r in sorted(orphans, key=lambda r: (r.arrival_time_s, r.arrival_seq)):
             if rollback is not None:
                 rollback(r)
             self._requeue(r, now)
@@ -456,6 +463,7 @@ class WallClockRunner:
             "schedule_wall_s": self.schedule_wall_s,
             "frontend_predictor_wall_s": self.frontend_predictor_wall_s,
             "num_worker_faults": len(self.faults),
+            **ranking_counters(s),
             "num_batch_errors": self.num_batch_errors,
             "num_cancelled": self.num_cancelled,
             "faults": [

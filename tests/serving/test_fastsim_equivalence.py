@@ -200,3 +200,17 @@ def test_workload_read_in_chunks(monkeypatch):
     table = workload(n=60, workers=2, seed=5)
     sched = {"policy": "isrtf", "mode": "continuous", "preemption": True}
     assert_same(*run_both(table, sched, workers=2, lb="least_predicted_tokens"))
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "srtf_oracle", "isrtf"])
+def test_ties_by_arrival_sequence_with_unpadded_ids_on_both_paths(policy):
+    # issue 11 item 17: r0..r11 arriving together with equal lengths tie on arrival sequence,
+    # not on the ids' string order (r0, r1, r10, r11, r2, ...), on the fast path as on the general
+    ids = [f"r{i}" for i in range(12)]
+    table = RequestTable(arrival_time_s=np.zeros(12), num_prompt_tokens=np.full(12, 5),
+                         num_output_tokens=np.full(12, 60), max_tokens=512, request_ids=ids)
+    general, fast = run_both(table, {"policy": policy, "mode": "windowed", "preemption": True}, pred="oracle", batch=1)
+    assert_same(general, fast)
+    assert list(fast.records.sort_values("finish_time_s")["request_id"]) == ids
+    if policy == "isrtf":  # τ among co-waiting requests is reported by both paths
+        assert fast.counters["num_ranking_decisions"] > 0

@@ -728,6 +728,15 @@ class HFWorker:
         """Abort ``request_id``'s window in flight (thread-safe; see ``HFWindowEngine.cancel``)."""
         self.engine.cancel(request_id, reason)
 
+    def _stream(self, it) -> str | None:
+        """The item's sampling stream: a replayed generation's name, else for a request with
+        its own ``seed`` a fixed name (its draws then depend on (seed, position) only, so the
+        same seeded request gives the same answer), else None (the request id)."""
+        name = self.sampling_streams.get(it.request_id)
+        if name is None and it.sampling is not None and getattr(it.sampling, "seed", None) is not None:
+            name = "seeded-request"
+        return name
+
     def _sampling(self, opts) -> SamplingParams | None:
         """A request's ``SamplingOptions`` over the engine's defaults (None: the defaults)."""
         if opts is None:
@@ -761,7 +770,7 @@ class HFWorker:
                     max_new_tokens=it.max_new_tokens,
                     max_tokens=it.max_tokens,
                     eos_token_ids=self.eos_token_ids,
-                    sampling_stream=self.sampling_streams.get(it.request_id),
+                    sampling_stream=self._stream(it),
                     sampling=self._sampling(it.sampling),
                 )
                 reason = self.engine.check_item(wi)

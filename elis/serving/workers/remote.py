@@ -18,7 +18,8 @@ Resume modes (``worker.resume``):
   ``usage`` (``stream_options.include_usage``) and the new text is re-encoded locally for the
   token ids. Re-tokenising a resumed text can differ from the tokens the server generated; each
   window where the local count differs from the server's count is counted in
-  ``stats.num_text_resume_mismatches`` (``num_new_tokens`` follows the server's count).
+  ``stats.num_text_resume_mismatches`` (``num_new_tokens`` follows the server's count, which
+  for vLLM includes a generated EOS token; ``serve.py`` excludes it, as the in-process worker).
 
 Per-request errors: an HTTP 4xx for one item (e.g. the server's own context-length check) fails
 that request alone (``WindowResult.error``). A connection error or 5xx is a worker fault
@@ -306,9 +307,7 @@ class RemoteOpenAIWorker:
             if counted is not None and counted != len(ids):
                 self.stats.num_text_resume_mismatches += 1
             return ids, text, reason, times, counted
-        if self.resume == "token_ids" and counted is None:
-            counted = None  # token ids are authoritative
-        return ids, text, reason, times, None
+        return ids, text, reason, times, None  # token ids are authoritative
 
 
 def build_remote_worker(worker_cfg: Any, worker_id: int, shared: Any = None) -> tuple[RemoteOpenAIWorker, Any]:

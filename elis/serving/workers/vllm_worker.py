@@ -157,6 +157,14 @@ class VLLMWorker:
         self._prompt_ids: dict[str, list[int]] = {}
         self.num_windows = 0
 
+    @property
+    def max_context_tokens(self) -> int | None:
+        """The engine's ``max_model_len`` (the scheduler's context rule; untested without a GPU)."""
+        try:
+            return int(self.llm.llm_engine.model_config.max_model_len)
+        except (AttributeError, TypeError, ValueError):
+            return None
+
     def execute(self, batch, start_s: float) -> list:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
