@@ -79,7 +79,10 @@ def table_b(run_dir: Path, label: str) -> str:
 
 def table_d(run_dir: Path) -> str:
     df = per_seed(run_dir)
-    names = list(dict.fromkeys(df["name"]))
+    from elis.experiments.figures import _variant_order
+
+    order = _variant_order(run_dir)  # the preset's order
+    names = sorted(dict.fromkeys(df["name"]), key=lambda v: order.get(v, len(order)))
     j = wide(df, "jct_mean_s")
     f = j["fcfs_windowed"]
     lines = ["| variant | mean JCT (s) | ΔJCT vs FCFS-w | short tercile (s) | long tercile (s) | Δ long vs FCFS-w "
