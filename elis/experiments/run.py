@@ -31,15 +31,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from elis.rng import make_rng
 from elis.serving.cost_model import CostModel
-from elis.serving.metrics import RequestRecorder, summarize
-from elis.serving.policy import SchedulingPolicy
+from elis.serving.metrics import summarize
 from elis.serving.prediction import PredictionService
-from elis.serving.scheduler import Scheduler
-from elis.serving.simulator import RequestTable, Simulator
+from elis.serving.runtime import SCHED_KEYS, build_prediction_service, build_schedulers, simulate  # noqa: F401
+from elis.serving.runtime import json_default as _json_default
+from elis.serving.simulator import RequestTable
 
 log = logging.getLogger(__name__)
 
-SCHED_KEYS = ("policy", "mode", "preemption", "preemption_margin", "aging_tokens_per_s", "promote_after_s")
 
 
 # ---------------------------------------------------------------------- workload
@@ -180,44 +179,6 @@ def warn_if_overloaded(wl: pd.DataFrame, cost_model: CostModel, max_batch_size: 
 
 
 # ---------------------------------------------------------------------- one variant
-def build_schedulers(
-    sched: dict, num_workers: int, max_batch_size: int, window_tokens: int,
-    kv_capacity_tokens: int | None, prediction: PredictionService | None, cost_model: CostModel,
-) -> list[Scheduler]:
-    """One ``Scheduler`` per worker from a plain ``sched`` dict (keys ``SCHED_KEYS``)."""
-    policy = SchedulingPolicy(
-        name=sched["policy"],
-        aging_tokens_per_s=float(sched.get("aging_tokens_per_s", 0.0) or 0.0),
-        promote_after_s=sched.get("promote_after_s"),
-    )
-    return [
-        Scheduler(
-            w, policy, max_batch_size=max_batch_size, window_tokens=window_tokens,
-            mode=sched.get("mode", "windowed"), preemption=bool(sched.get("preemption", True)),
-            preemption_margin=float(sched.get("preemption_margin", 0.0) or 0.0),
-            kv_capacity_tokens=kv_capacity_tokens, predictor=prediction,
-            scheduling_overhead_s=cost_model.scheduling_overhead_s,
-        )
-        for w in range(num_workers)
-    ]
-
-
-def simulate(
-    table: RequestTable, sched: dict, *, num_workers: int, max_batch_size: int, window_tokens: int,
-    cost_model: CostModel, load_balancer, prediction: PredictionService | None,
-    kv_capacity_tokens: int | None = None, record_intervals: bool = True, reveal_text: bool = False,
-):
-    """Simulate ``table`` under one scheduling variant; returns a ``SimResult``."""
-    schedulers = build_schedulers(
-        sched, num_workers, max_batch_size, window_tokens, kv_capacity_tokens, prediction, cost_model
-    )
-    sim = Simulator(
-        table, schedulers, cost_model, load_balancer, prediction,
-        RequestRecorder(record_intervals=record_intervals), reveal_text=reveal_text,
-    )
-    return sim.run()
-
-
 def run_variant(cfg: DictConfig, sched: dict, table: RequestTable, prediction, cost_model, out_dir: Path) -> dict:
     """Run one variant into ``out_dir`` (requests.parquet, metrics.json); return its summary."""
     import hydra.utils
@@ -239,6 +200,7 @@ def run_variant(cfg: DictConfig, sched: dict, table: RequestTable, prediction, c
         prediction=prediction, kv_capacity_tokens=cfg.worker.get("kv_capacity_tokens"),
         record_intervals=bool(cfg.record_intervals),
         reveal_text=prediction is not None and prediction.reads_text and not _precompute(cfg, prediction),
+        max_context_tokens=cfg.worker.get("max_context_tokens"),
     )
     res.records.to_parquet(out_dir / "requests.parquet", index=False)
     metrics = summarize(res.records)
@@ -255,14 +217,6 @@ def run_variant(cfg: DictConfig, sched: dict, table: RequestTable, prediction, c
     return metrics
 
 
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
 def _precompute(cfg: DictConfig, prediction: PredictionService | None) -> bool:
     if prediction is None:
         return False
@@ -273,15 +227,9 @@ def _precompute(cfg: DictConfig, prediction: PredictionService | None) -> bool:
 # ---------------------------------------------------------------------- entry
 def build_prediction(cfg: DictConfig, cost_model: CostModel, table: RequestTable) -> PredictionService | None:
     """Instantiate ``cfg.predictor.runtime`` and wrap it; precompute all steps when configured."""
-    import hydra.utils
-
-    if cfg.get("predictor") is None:
+    service = build_prediction_service(cfg, cost_model)
+    if service is None:
         return None
-    predictor = hydra.utils.instantiate(cfg.predictor.runtime)
-    log.info("predictor: %s (%s)", predictor.name, type(predictor).__name__)
-    service = PredictionService(
-        predictor, cost_model, latency_source=cfg.predictor_latency, window_tokens=int(cfg.window_tokens)
-    )
     if _precompute(cfg, service):
         service.precompute(table.make_request(i) for i in range(len(table)))
     return service

@@ -82,7 +82,7 @@ def capacity_rps(cost_model, mean_output_tokens: float, batch: int = 4) -> float
 def run_sim(table, num_workers: int, cost_model, policy: str = "isrtf", mode: str = "windowed",
             predictor: str = "oracle", seed: int = 0):
     """Simulate ``table``; returns the ``SimResult`` (records without interval lists)."""
-    from elis.experiments.run import simulate
+    from elis.serving.runtime import simulate
     from elis.predictor.simple import NoisyOraclePredictor, OraclePredictor
     from elis.serving.load_balancer import LeastPredictedTokens
     from elis.serving.prediction import PredictionService

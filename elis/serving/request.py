@@ -16,6 +16,26 @@ import enum
 from dataclasses import dataclass, field
 
 
+@dataclass(slots=True, frozen=True)
+class SamplingOptions:
+    """Per-request decoding options (OpenAI request fields); None → the worker's default.
+
+    Raises:
+        ValueError: temperature < 0 or not finite, top_p outside (0, 1] (names the field).
+    """
+
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        t, p = self.temperature, self.top_p
+        if t is not None and not (0.0 <= t < float("inf")):
+            raise ValueError(f"temperature must be finite and >= 0, got {t!r}")
+        if p is not None and not (0.0 < p <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1], got {p!r}")
+
+
 class RequestStatus(enum.IntEnum):
     """Ordered status (vLLM v1 style): everything ``>= FINISHED`` is terminal."""
 
@@ -44,6 +64,8 @@ class Request:
         generator: the model that wrote the true response (dataset column), if known.
         true_response: the TRUE response text (simulation only; revealed window by window).
         true_num_output_tokens: the TRUE response length in tokens (simulation/oracles only).
+        sampling: per-request decoding options (temperature, top_p, seed) or None (the
+            worker's configured defaults); passed to workers in ``WindowItem.sampling``.
 
     Progress (written by the scheduler from worker results):
         status, worker_id, output_token_ids, partial_response (text generated so far),
@@ -75,6 +97,7 @@ class Request:
     generator: str | None = None
     true_response: str | None = None
     true_num_output_tokens: int | None = None
+    sampling: SamplingOptions | None = None
     # progress
     status: RequestStatus = RequestStatus.WAITING
     worker_id: int | None = None
@@ -104,6 +127,11 @@ class Request:
     in_buffer: bool = False
 
     def __post_init__(self) -> None:
+        if self.max_tokens is None:
+            raise ValueError(
+                f"request {self.request_id!r}: max_tokens is None; pass an int >= 1 (the gateway "
+                "fills a default bounded by the model's context length, elis.serving.gateway)"
+            )
         if not self.max_tokens >= 1:
             raise ValueError(f"request {self.request_id!r}: max_tokens must be >= 1, got {self.max_tokens!r}")
         if not self.num_prompt_tokens >= 0:

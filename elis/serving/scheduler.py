@@ -101,6 +101,11 @@ class Scheduler:
         preemption_margin: in key units; a waiting request displaces an at-boundary running
             one only if its key is lower by more than this.
         kv_capacity_tokens: KV cache capacity (tokens) or None (unlimited).
+        max_context_tokens: the model's context length (prompt + output tokens) or None. A
+            request whose prompt alone fills it FAILS at admission (reported by the next
+            ``schedule`` in ``failed``); otherwise its ``max_tokens`` is capped at
+            ``max_context_tokens - num_prompt_tokens`` (it then finishes 'length' when the
+            context is full), counted in ``num_max_tokens_capped``.
         predictor: source of predictions (required if the policy uses predictions).
         scheduling_overhead_s: charged per decision that starts a non-empty batch.
 
@@ -121,6 +126,7 @@ class Scheduler:
         kv_capacity_tokens: int | None = None,
         predictor: PredictionSource | None = None,
         scheduling_overhead_s: float = 0.0,
+        max_context_tokens: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"sched.mode={mode!r} is not one of {list(MODES)}")
@@ -130,6 +136,8 @@ class Scheduler:
             raise ValueError(f"window_tokens must be >= 1, got {window_tokens!r}")
         if kv_capacity_tokens is not None and not kv_capacity_tokens >= 1:
             raise ValueError(f"kv_capacity_tokens must be >= 1 or null, got {kv_capacity_tokens!r}")
+        if max_context_tokens is not None and not max_context_tokens >= 1:
+            raise ValueError(f"max_context_tokens must be >= 1 or null, got {max_context_tokens!r}")
         if policy.uses_predictions and predictor is None:
             raise ValueError(f"policy {policy.name!r} needs a predictor; got predictor=None")
         self.worker_id = worker_id
@@ -142,6 +150,9 @@ class Scheduler:
         self.kv_capacity_tokens = kv_capacity_tokens
         self.predictor = predictor
         self.scheduling_overhead_s = scheduling_overhead_s
+        self.max_context_tokens = max_context_tokens
+        self._rejected: list[Request] = []  # failed at admission, reported by the next schedule()
+        self.num_max_tokens_capped = 0
         self.buffer = PriorityBuffer(policy.promote_after_s)
         self.running: list[Request] = []
         self._pending: list[Request] = []  # arrived, waiting for their first prediction
@@ -171,7 +182,7 @@ class Scheduler:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.running or self._pending or len(self.buffer))
+        return bool(self.running or self._pending or len(self.buffer) or self._rejected)
 
     def wants_to_admit(self) -> bool:
         """Continuous mode: whether a free slot could take a waiting request now."""
@@ -183,6 +194,8 @@ class Scheduler:
         if request.status is not RequestStatus.WAITING or request.has_started:
             raise ValueError(f"request {request.request_id!r} is not new (status={request.status.name})")
         request.worker_id = self.worker_id
+        if not self._admit_context(request):
+            return
         if request.predicted_remaining_tokens is not None:
             request.needs_prediction = False
             self._set_load(request, request.predicted_remaining_tokens)
@@ -191,6 +204,21 @@ class Scheduler:
         else:
             request.sort_key = self.policy.sort_key(request)
             self.buffer.push(request, now_s)
+
+    def _admit_context(self, r: Request) -> bool:
+        """Apply the context-length rule (see ``max_context_tokens``); False if ``r`` failed."""
+        cap = self.max_context_tokens
+        if cap is None:
+            return True
+        if r.num_prompt_tokens >= cap:
+            self._fail(r, f"prompt has {r.num_prompt_tokens} tokens; the model's context length is "
+                          f"max_context_tokens={cap} (prompt + output)")
+            self._rejected.append(r)
+            return False
+        if r.num_prompt_tokens + r.max_tokens > cap:
+            r.max_tokens = cap - r.num_prompt_tokens
+            self.num_max_tokens_capped += 1
+        return True
 
     # ------------------------------------------------------------------ phase 1
     def schedule(self, now_s: float) -> SchedulerOutput:
@@ -204,6 +232,9 @@ class Scheduler:
             self._preempt(r, now_s)
         out.preempted = preempted
         self.running = continuing + selected
+        if self._rejected:
+            out.failed = self._rejected + out.failed
+            self._rejected = []
         if preempted and self.kv_capacity_tokens is not None:
             self._fits(sum(r.num_context_tokens + self._max_new(r) for r in self.running), None)
         items = [self._make_item(r, r in selected and r not in contenders, out) for r in self.running]
@@ -354,11 +385,13 @@ class Scheduler:
             num_prefill_tokens=prefill,
             num_context_tokens=r.num_context_tokens,
             max_tokens=r.max_tokens,
+            sampling=r.sampling,
         )
 
     # ------------------------------------------------------------------ phase 2
     def update(self, output: SchedulerOutput, results: list[WindowResult], now_s: float) -> list[Request]:
-        """Apply a worker's results; returns the requests that finished.
+        """Apply a worker's results; returns the requests that finished (or FAILED: a result
+        with ``error`` fails its request alone, with that reason).
 
         Raises:
             RuntimeError: results that do not match the batch (ids, counts, token overflow).
@@ -372,6 +405,11 @@ class Scheduler:
         for r, item, res in zip(output.scheduled, output.batch.items, results):
             if res.request_id != r.request_id:
                 raise RuntimeError(f"worker {self.worker_id}: result for {res.request_id!r}, expected {r.request_id!r}")
+            if res.error is not None:  # this request cannot run on the backend; the others go on
+                r.add_run_interval(res.start_s, res.end_s)
+                self._fail(r, res.error)
+                finished.append(r)
+                continue
             n = res.num_new_tokens
             if not 0 <= n <= item.max_new_tokens:
                 raise RuntimeError(
@@ -426,6 +464,37 @@ class Scheduler:
         if r in self._pending:
             self._pending.remove(r)
         self._fail(r, reason)
+
+    def abort_request(self, r: Request, reason: str = "aborted") -> bool:
+        """Cancel ``r`` safely from outside (client disconnect, stop string); True if it was live.
+
+        Waiting / pending / rejected: removed from every queue and FAILED with ``reason``.
+        Running (at a window boundary, i.e. not inside a window in flight): its slot is freed
+        at once. Already FINISHED or FAILED: nothing changes (a finished request stays
+        finished). The caller must not abort a request whose window is in flight on a worker
+        (the wall-clock runner defers that to the window's end, after cancelling it there).
+        """
+        if r.status.is_terminal:
+            return False
+        if r in self._rejected:
+            self._rejected.remove(r)
+        self.fail_request(r, reason)
+        return True
+
+    def finish_request(self, r: Request, reason: str, now_s: float) -> bool:
+        """End a running/waiting ``r`` as FINISHED with ``reason`` (e.g. 'stop': a stop string
+        was generated), freeing its slot; False (no change) when it is already terminal."""
+        if r.status.is_terminal:
+            return False
+        if r.in_buffer:
+            self.buffer.remove(r)
+        self._uncache(r)
+        if r in self.running:
+            self.running.remove(r)
+        if r in self._pending:
+            self._pending.remove(r)
+        self._finish(r, now_s, reason)
+        return True
 
 
 def _with_margin(sort_key: tuple, margin: float) -> tuple:

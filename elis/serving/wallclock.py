@@ -80,6 +80,16 @@ class LocalWorkerHandle:
     def kill(self) -> None:
         self._killed = True
 
+    def cancel(self, request_id: str, reason: str = "aborted") -> None:
+        """Abort ``request_id``'s item of the window in flight (the worker's ``cancel``)."""
+        cancel = getattr(self.worker, "cancel", None)
+        if cancel is not None:
+            cancel(request_id, reason)
+
+    @property
+    def max_context_tokens(self) -> int | None:
+        return getattr(self.worker, "max_context_tokens", None)
+
     def set_sampling_streams(self, streams: dict[str, str]) -> None:
         self.worker.sampling_streams = dict(streams)
 
@@ -100,12 +110,21 @@ class LocalWorkerHandle:
 
 
 class WallClockRunner:
-    """Serve ``table`` on ``handles`` in real time (see the module docstring).
+    """Serve requests on ``handles`` in real time (see the module docstring).
+
+    Two ways to drive it (one request path, no second scheduler):
+
+    * ``run()``: replay ``table`` (arrivals at ``arrival_time_s × time_scale``) until every
+      request is terminal; returns (records, counters). ``run_experiment.py`` uses this.
+    * ``start_clock()`` then, from ONE thread, ``submit(request)`` / ``cancel(request_id)`` /
+      ``step(timeout_s)`` repeatedly: an open-ended server (``elis.serving.gateway``). ``wake()``
+      may be called from any thread to make a waiting ``step`` return early.
 
     Args:
-        table: the workload (``elis.serving.simulator.RequestTable``).
+        table: the workload (``elis.serving.simulator.RequestTable``) or None (served by ``submit``).
         schedulers: one ``Scheduler`` per worker (index = worker id).
-        handles: one handle per worker: ``submit(batch, start_s) -> Future``, ``kill()``.
+        handles: one handle per worker: ``submit(batch, start_s) -> Future``, ``kill()``, and
+            optionally ``cancel(request_id, reason)`` (abort that item's in-flight window).
         load_balancer: assigns arrivals to live workers.
         prediction: the live ``PredictionService`` (or None).
         prompt_token_ids: per request row, the chat-templated prompt ids.
@@ -113,16 +132,28 @@ class WallClockRunner:
         continuous_max_steps: decode steps per segment in continuous mode.
         kill_worker: ``(worker_id, after_num_windows)``: kill that worker while its window
             number ``after_num_windows`` (1-based) runs (fault injection), or None.
+        recorder: per-request records (None with ``keep_records=False``: nothing kept).
+        listener: optional ``on_progress(request, result) -> bool`` called after each window
+            for each request in it (True: end it now with finish_reason 'stop'), and
+            ``on_terminal(request)`` once when it is finished or failed.
+
+    Lifecycle rules: a request is terminal exactly once (finished | failed with a reason);
+    ``cancel`` of a queued request fails it at once; of a request whose window is in flight
+    asks the worker to abort that item and fails it when the window returns; of a finished
+    or unknown request changes nothing.
     """
 
     def __init__(self, table, schedulers, handles, load_balancer, prediction=None,
                  prompt_token_ids: list[list[int]] | None = None, time_scale: float = 1.0,
                  continuous_max_steps: int = 8, kill_worker: tuple[int, int] | None = None,
-                 recorder: RequestRecorder | None = None) -> None:
+                 recorder: RequestRecorder | None = None, listener: Any = None,
+                 keep_records: bool = True) -> None:
         if load_balancer.needs_prediction and prediction is None:
             raise ValueError(f"{type(load_balancer).__name__} needs predictions; got prediction=None")
         if not time_scale > 0:
             raise ValueError(f"worker.time_scale must be > 0, got {time_scale!r}")
+        if len(handles) != len(schedulers):
+            raise ValueError(f"{len(handles)} worker handles for {len(schedulers)} schedulers")
         self.table = table
         self.schedulers = schedulers
         self.handles = handles
@@ -132,46 +163,45 @@ class WallClockRunner:
         self.time_scale = float(time_scale)
         self.continuous_max_steps = int(continuous_max_steps)
         self.kill_worker = tuple(kill_worker) if kill_worker else None
-        self.recorder = recorder or RequestRecorder()
+        self.recorder = recorder if recorder is not None else (RequestRecorder() if keep_records else None)
+        self.listener = listener
         self.alive = [True] * len(schedulers)
         self.faults: list[Fault] = []
         self.active: dict[str, Request] = {}
         self._inflight: dict[cf.Future, tuple[int, Any]] = {}
+        self._inflight_ids: dict[str, int] = {}  # request id → worker whose window holds it
+        self._cancelled: dict[str, str] = {}  # in-flight request id → cancel reason
         self._num_windows = [0] * len(schedulers)
+        self._wake: cf.Future = cf.Future()
         self.schedule_wall_s = 0.0
         self.frontend_predictor_wall_s = 0.0
+        self.num_cancelled = 0
+        self.num_finished = 0
+        self.num_failed = 0
         self._t0 = 0.0
 
     def now(self) -> float:
         return time.perf_counter() - self._t0
 
+    def start_clock(self) -> None:
+        self._t0 = time.perf_counter()
+
     # ------------------------------------------------------------------ loop
     def run(self) -> tuple[Any, dict]:
-        """Serve every request; returns (records DataFrame, counters)."""
+        """Serve every request of ``table``; returns (records DataFrame, counters)."""
         table = self.table
         n = len(table)
         arrivals = table.arrival_time_s * self.time_scale
         i = 0
-        self._t0 = time.perf_counter()
-        while i < n or self._inflight or any(s.has_work for s, a in zip(self.schedulers, self.alive) if a):
+        self.start_clock()
+        while i < n or self._inflight or self.has_work:
             t = self.now()
             while i < n and arrivals[i] <= t:
                 self._on_arrival(i, float(arrivals[i]))
                 i += 1
-            for w, s in enumerate(self.schedulers):
-                if self.alive[w] and not self._busy(w) and s.has_work:
-                    self._start_window(w)
             timeout = max(float(arrivals[i]) - self.now(), 0.0) if i < n else None
-            if not self._inflight:
-                if i < n:
-                    time.sleep(timeout)
-                    continue
-                if any(s.has_work for s, a in zip(self.schedulers, self.alive) if a):
-                    continue  # a decision produced no batch (e.g. all failed); decide again
+            if not self.step(timeout) and i >= n and not self._inflight and not self.has_work:
                 break
-            done, _ = cf.wait(list(self._inflight), timeout=timeout, return_when=cf.FIRST_COMPLETED)
-            for fut in sorted(done, key=lambda f: self._inflight[f][0]):
-                self._on_window_end(fut)
         wall_s = self.now()
         df = self.recorder.to_frame()
         # The real model decides each length, so the simulator's "generated exactly the true
@@ -180,6 +210,45 @@ class WallClockRunner:
         check_invariants(df.assign(true_num_output_tokens=-1),
                          n if table.request_ids is None else list(table.request_ids))
         return df, self._counters(wall_s)
+
+    @property
+    def has_work(self) -> bool:
+        """Whether a live worker's scheduler still holds requests."""
+        return any(s.has_work for s, a in zip(self.schedulers, self.alive) if a)
+
+    def step(self, timeout_s: float | None) -> bool:
+        """Start windows on idle workers, then wait up to ``timeout_s`` (None: until a window
+        ends or ``wake()``) and apply the windows that ended. Returns False when there was
+        nothing to do or wait for (no window in flight, no queued work)."""
+        for w, s in enumerate(self.schedulers):
+            if self.alive[w] and not self._busy(w) and s.has_work:
+                self._start_window(w)
+        if not self._inflight:
+            if self.has_work:
+                return True  # a decision produced no batch (e.g. all failed); decide again
+            if timeout_s:
+                self._wait([], timeout_s)
+            return False
+        done = self._wait(list(self._inflight), timeout_s)
+        for fut in sorted(done, key=lambda f: self._inflight[f][0]):
+            self._on_window_end(fut)
+        return True
+
+    def _wait(self, futures: list, timeout_s: float | None) -> set:
+        if self._wake.done():
+            self._wake = cf.Future()
+        done, _ = cf.wait(futures + [self._wake], timeout=timeout_s, return_when=cf.FIRST_COMPLETED)
+        done.discard(self._wake)
+        return done
+
+    def wake(self) -> None:
+        """Make a waiting ``step`` return (thread-safe)."""
+        w = self._wake
+        if not w.done():
+            try:
+                w.set_result(None)
+            except cf.InvalidStateError:
+                pass
 
     def _busy(self, w: int) -> bool:
         return any(v[0] == w for v in self._inflight.values())
@@ -193,6 +262,16 @@ class WallClockRunner:
         if self.prompt_token_ids is not None:
             r.prompt_token_ids = list(self.prompt_token_ids[i])
             r.num_prompt_tokens = len(r.prompt_token_ids)
+        self.submit(r)
+
+    def submit(self, r: Request) -> None:
+        """Admit ``r`` now: load balancer → that worker's scheduler (buffer).
+
+        Raises:
+            ValueError: a duplicate live request id.
+        """
+        if r.request_id in self.active:
+            raise ValueError(f"request_id {r.request_id!r} is already being served")
         self.active[r.request_id] = r
         if self.lb.needs_prediction:
             t = time.perf_counter()
@@ -202,6 +281,26 @@ class WallClockRunner:
         live = self._live()
         w = live[self.lb.select(r, [self.schedulers[j] for j in live])]
         self.schedulers[w].add_request(r, self.now())
+
+    def cancel(self, request_id: str, reason: str = "aborted by the client") -> str:
+        """Cancel a request; returns its state when cancelled: 'queued' (failed now),
+        'running' (its in-flight window is aborted on the worker; it fails when the window
+        returns), or 'done' (finished, failed or unknown: nothing changes)."""
+        r = self.active.get(request_id)
+        if r is None or r.status.is_terminal:
+            return "done"
+        w = self._inflight_ids.get(request_id)
+        if w is not None:
+            if request_id not in self._cancelled:
+                self._cancelled[request_id] = reason
+                cancel = getattr(self.handles[w], "cancel", None)
+                if cancel is not None:
+                    cancel(request_id, reason)
+            return "running"
+        self.schedulers[r.worker_id].abort_request(r, reason)
+        self.num_cancelled += 1
+        self._finalize(r)
+        return "queued"
 
     def _start_window(self, w: int) -> None:
         s = self.schedulers[w]
@@ -217,6 +316,8 @@ class WallClockRunner:
             out.batch.max_steps = cap if out.batch.max_steps is None else min(cap, out.batch.max_steps)
         fut = self.handles[w].submit(out.batch, self.now())
         self._inflight[fut] = (w, out)
+        for r in out.scheduled:
+            self._inflight_ids[r.request_id] = w
         self._num_windows[w] += 1
         if self.kill_worker and self.kill_worker == (w, self._num_windows[w]):
             log.warning("fault injection: killing worker %d during its window %d", w, self._num_windows[w])
@@ -224,20 +325,47 @@ class WallClockRunner:
 
     def _on_window_end(self, fut: cf.Future) -> None:
         w, out = self._inflight.pop(fut)
+        for r in out.scheduled:
+            self._inflight_ids.pop(r.request_id, None)
         try:
             results = fut.result()
         except Exception as exc:  # a dead worker: Ray raises RayActorError, threads WorkerDied
             self._on_fault(w, out, exc)
             return
-        finished = self.schedulers[w].update(out, results, self.now())
-        for r in finished:
+        s = self.schedulers[w]
+        now = self.now()
+        ended = s.update(out, results, now)
+        for r in ended:
             self._finalize(r)
+        by_id = {res.request_id: res for res in results}
+        for r in out.scheduled:
+            reason = self._cancelled.pop(r.request_id, None)
+            if reason is not None and not r.status.is_terminal:
+                s.abort_request(r, reason)
+                self.num_cancelled += 1
+                self._finalize(r)
+                continue
+            if self.listener is not None and r.status is not RequestStatus.FAILED:
+                if self.listener.on_progress(r, by_id.get(r.request_id)):
+                    if r.status.is_terminal:
+                        r.finish_reason = "stop"
+                    elif s.finish_request(r, "stop", now):
+                        self._finalize(r)
 
     def _finalize(self, r: Request) -> None:
         if not r.status.is_terminal:
             raise RuntimeError(f"request {r.request_id!r} finalised with status {r.status.name}")
-        self.recorder.add(r)
+        if r.request_id not in self.active:
+            return
         del self.active[r.request_id]
+        if r.status is RequestStatus.FINISHED:
+            self.num_finished += 1
+        else:
+            self.num_failed += 1
+        if self.recorder is not None:
+            self.recorder.add(r)
+        if self.listener is not None:
+            self.listener.on_terminal(r)
 
     # ------------------------------------------------------------------ faults
     def _on_fault(self, w: int, out, exc: Exception) -> None:
@@ -250,12 +378,22 @@ class WallClockRunner:
         self.faults.append(fault)
         log.error("worker %d failed at %.2f s (%s); requeueing %d requests", w, now, fault.error, len(orphans))
         if not self._live():
+            if self.table is None:  # a server fails what it holds and keeps answering
+                for r in orphans:
+                    s.fail_request(r, f"every worker failed; last fault: {fault.error}")
+                    self._finalize(r)
+                return
             raise RuntimeError(f"all workers failed; last fault: {fault.error}") from exc
         for r in s.buffer.requests():
             s.buffer.remove(r)
         s.running, s._pending = [], []
         s.predicted_outstanding_tokens = 0.0
         for r in sorted(orphans, key=lambda r: (r.arrival_time_s, r.request_id)):
+            reason = self._cancelled.pop(r.request_id, None)
+            if reason is not None:
+                s.fail_request(r, reason)
+                self._finalize(r)
+                continue
             self._requeue(r, now)
 
     def _requeue(self, r: Request, now: float) -> None:
@@ -303,63 +441,9 @@ class WallClockRunner:
 
 
 # ---------------------------------------------------------------------- composition
-_HANDLES: dict[tuple, list] = {}
-
-
-def _pool_key(cfg) -> tuple:
-    from omegaconf import OmegaConf
-
-    cluster = cfg.get("cluster") or {}
-    return (json.dumps(OmegaConf.to_container(cfg.worker, resolve=True), sort_keys=True),
-            json.dumps(OmegaConf.to_container(cluster, resolve=True) if cluster else {}, sort_keys=True),
-            int(cfg.num_workers))
-
-
-def build_handles(cfg) -> tuple[list, Any]:
-    """Worker handles for ``cfg.worker`` × ``cfg.num_workers`` (reused across the variants
-    of one run) and the tokenizer used for prompts."""
-    key = _pool_key(cfg)
-    if key in _HANDLES:
-        handles, tok = _HANDLES[key]
-        for h in handles:
-            h.reset()
-        if not any(getattr(h, "dead", False) for h in handles):
-            return handles, tok
-        del _HANDLES[key]  # an actor died in an earlier variant: start fresh ones
-    kind = cfg.worker.kind
-    cluster = cfg.get("cluster") or {}
-    ckind = cluster.get("kind", "local") if cluster else "local"
-    if kind not in ("hf", "vllm"):
-        raise ValueError(f"worker.kind={kind!r} has no wall-clock backend; valid: ['sim', 'hf', 'vllm', "
-                         "'vllm_priority']")
-    if ckind == "ray":
-        from elis.serving.workers.ray_worker import build_ray_handles
-
-        handles, tok = build_ray_handles(cfg)
-    elif ckind == "local":
-        handles, tok, shared = [], None, None
-        for w in range(int(cfg.num_workers)):
-            worker, shared = build_worker(cfg.worker, w, shared)
-            tok = worker.engine.tokenizer if kind == "hf" else worker.tokenizer
-            handles.append(LocalWorkerHandle(worker))
-    else:
-        raise ValueError(f"cluster.kind={ckind!r} is not one of ['local', 'ray']")
-    _HANDLES[key] = (handles, tok)
-    return handles, tok
-
-
-def build_worker(worker_cfg, worker_id: int, shared=None):
-    """One real worker for ``worker_cfg.kind`` ('hf' | 'vllm'); returns (worker, shared)."""
-    if worker_cfg.get("kind") == "vllm":
-        from elis.serving.workers.vllm_worker import build_vllm_worker
-
-        if int(worker_id) > 0 and shared is not None:
-            raise ValueError("worker=vllm with cluster=local runs one engine per process; "
-                             "use num_workers=1 or cluster=ray (one GPU per actor)")
-        return build_vllm_worker(worker_cfg, worker_id), True
-    from elis.serving.workers.hf import build_hf_worker
-
-    return build_hf_worker(worker_cfg, worker_id, shared)
+# The builders moved to ``elis.serving.runtime`` (one runtime for every driver); these names stay
+# importable from here for existing callers.
+from elis.serving.runtime import _HANDLES, build_handles, build_worker  # noqa: E402,F401
 
 
 def sampling_streams_of(out_dir: Path, table, replay: bool) -> dict[str, str]:
@@ -385,30 +469,20 @@ def sampling_streams_of(out_dir: Path, table, replay: bool) -> dict[str, str]:
 
 def run_variant(cfg, sched: dict, table, prediction, cost_model, out_dir: Path) -> dict:
     """One scheduling variant on real workers; writes requests.parquet and metrics.json."""
-    import hydra.utils
-
-    from elis.experiments.run import _json_default, build_schedulers
-    from elis.serving.prediction import PredictionService
+    from elis.serving.runtime import build_runtime, json_default
     from elis.serving.workers.hf import encode_prompt
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.worker.kind == "vllm_priority":
         return run_vllm_priority_variant(cfg, table, prediction, out_dir)
-    handles, tok = build_handles(cfg)
+    rt = build_runtime(cfg, sched, prediction, cost_model)
+    handles, tok, live, schedulers, lb = rt.handles, rt.tokenizer, rt.prediction, rt.schedulers, rt.load_balancer
     streams = sampling_streams_of(out_dir, table, bool(cfg.worker.get("replay_generation_streams", True)))
     for h in handles:
         h.set_sampling_streams(streams)
-    live = None
-    if prediction is not None:
-        # live predictions on the real generated text, with measured latency
-        live = PredictionService(prediction.predictor, cost_model, latency_source="measured",
-                                 window_tokens=int(cfg.window_tokens))
     prompts = table.prompts or [""] * len(table)
     prompt_ids = [encode_prompt(tok, p) for p in prompts]
-    schedulers = build_schedulers(sched, int(cfg.num_workers), int(cfg.max_batch_size), int(cfg.window_tokens),
-                                  cfg.worker.get("kv_capacity_tokens"), live, cost_model)
-    lb = hydra.utils.instantiate(cfg.load_balancer)
     fault = cfg.get("cluster", {}).get("kill_worker") if cfg.get("cluster") else None
     runner = WallClockRunner(
         table, schedulers, handles, lb, live, prompt_ids,
@@ -431,7 +505,8 @@ def run_variant(cfg, sched: dict, table, prediction, cost_model, out_dir: Path) 
     metrics["num_length_matches_dataset"] = int(np.sum(true == got))
     metrics["variant"] = sched
     metrics["worker_kind"] = cfg.worker.kind
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+    metrics["num_max_tokens_capped"] = sum(s.num_max_tokens_capped for s in schedulers)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=json_default))
     log.info("%s/%s on %s: jct_mean_s=%.3f p99=%.3f (%d requests, %.1f s wall, %d faults)",
              sched["policy"], sched.get("mode"), cfg.worker.kind, metrics["jct_mean_s"] or float("nan"),
              metrics["jct_p99_s"] or float("nan"), len(table), counters["wall_s"], len(runner.faults))
@@ -441,7 +516,7 @@ def run_variant(cfg, sched: dict, table, prediction, cost_model, out_dir: Path) 
 def run_vllm_priority_variant(cfg, table, prediction, out_dir: Path) -> dict:
     """``worker=vllm_priority``: static SJF inside vLLM (``elis.serving.workers.vllm_worker``);
     the scheduling variant is ignored (vLLM orders requests). Same records and summary."""
-    from elis.experiments.run import _json_default
+    from elis.serving.runtime import json_default as _json_default
     from elis.serving.workers.hf import encode_prompt
     from elis.serving.workers.vllm_worker import VLLMPriorityRunner, build_vllm_llm
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-FINISH_REASONS: tuple[str, ...] = ("eos", "length")
+FINISH_REASONS: tuple[str, ...] = ("eos", "length", "stop", "abort")
 
 
 @dataclass(slots=True)
@@ -46,6 +46,7 @@ class WindowItem:
         num_prefill_tokens: tokens to prefill before decoding (0 = KV resident).
         num_context_tokens: prompt + already generated tokens (decode cost input).
         max_tokens: the request's total cap; reaching it → finished 'length'.
+        sampling: the request's ``SamplingOptions`` (None: the worker's defaults).
     """
 
     request_id: str
@@ -56,6 +57,7 @@ class WindowItem:
     num_prefill_tokens: int
     num_context_tokens: int
     max_tokens: int
+    sampling: object | None = None
 
 
 @dataclass(slots=True)
@@ -88,6 +90,8 @@ class WindowResult:
         first_token_time_s: when its first token of this window was emitted, or None if it
             produced no token.
         token_times_s: per-token emission times when the worker measures them, else None.
+        error: set when the backend cannot run THIS request (bad input, context too long):
+            the scheduler fails it alone with this reason and the worker keeps serving.
     """
 
     request_id: str
@@ -100,6 +104,7 @@ class WindowResult:
     end_s: float = 0.0
     first_token_time_s: float | None = None
     token_times_s: list[float] | None = None
+    error: str | None = None
 
 
 @runtime_checkable

