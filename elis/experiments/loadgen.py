@@ -22,7 +22,8 @@ text chunks ('chunks'); ``max_wait_s`` = the longest gap between arrival, the te
 the finish (a stall, e.g. a preemption, as the client sees it). Not observable from the client
 and written as NaN / None: ``queuing_delay_s``, ``executed_time_s``, ``num_preemptions``
 (read the gateway's Prometheus counters instead: with ``scrape_metrics`` their change over
-the run is saved as ``server_metrics_delta``). ``true_num_output_tokens`` is the length this
+the run is saved as ``server_metrics_delta``, and ``num_preemptions`` is taken from a counter
+named ``…num_preemptions_total`` when the server has one, as the ELIS gateway does). ``true_num_output_tokens`` is the length this
 engine generated (the run's truth; length buckets use it); the dataset answer's length is
 kept as ``reference_num_output_tokens``.
 
@@ -365,6 +366,15 @@ async def replay(ep: Endpoint, requests: list[LoadRequest], opts: ReplayOptions,
     return df, info
 
 
+def server_count(delta: dict | None, suffix: str) -> int | None:
+    """Sum of the scraped counter changes whose name ends with ``suffix`` (e.g. the ELIS
+    gateway's ``elis:num_preemptions_total``); None when the server exposes none."""
+    if not delta:
+        return None
+    vals = [v for k, v in delta.items() if k.split("{")[0].endswith(suffix)]
+    return int(round(sum(vals))) if vals else None
+
+
 def summarize_replay(records: pd.DataFrame) -> dict:
     """``elis.serving.metrics.summarize`` of client records, with the client-invisible counts as None.
 
@@ -554,6 +564,7 @@ def run(cfg) -> dict:
                                       warmup_requests=0 if name in warmed else int(cfg.warmup_requests)))
         warmed.add(name)
         m = summarize_replay(df) | info | {"repetition": rep, "run_index": k}
+        m["num_preemptions"] = server_count(info.get("server_metrics_delta"), "num_preemptions_total")
         _write(out_dir / "variants" / name / "reps" / str(rep), df, m)
         per_rep[name].append(m)
         records[name].append(df.assign(repetition=rep))
@@ -567,6 +578,8 @@ def run(cfg) -> dict:
         pooled = pd.concat(records[name], ignore_index=True)
         m = summarize_replay(pooled)
         m["num_repetitions"] = len(per_rep[name])
+        counts = [r["num_preemptions"] for r in per_rep[name]]
+        m["num_preemptions"] = None if any(c is None for c in counts) else int(sum(counts))
         m["repetitions"] = {s: [r.get(s) for r in per_rep[name]] for s in SPREAD_METRICS}
         m["variant"] = {"policy": ep.policy, "mode": ep.mode, "base_url": ep.base_url}
         vdir = out_dir / "variants" / name

@@ -204,3 +204,11 @@ def test_trace_without_text_is_refused(tmp_path, compose_cfg):
                                   "num_requests=2"])
     with pytest.raises(ValueError, match="use_trace_lengths=true"):
         lg.build_requests(cfg)
+
+
+def test_server_count_reads_gateway_counters():
+    delta = {"elis:num_preemptions_total": 3.0, "elis:num_preemptions_created": 0.0,
+             "vllm:num_preemptions_total{model_name=m}": 2.0, "fake_requests_total": 9.0}
+    assert lg.server_count(delta, "num_preemptions_total") == 5
+    assert lg.server_count({"fake_requests_total": 1.0}, "num_preemptions_total") is None
+    assert lg.server_count(None, "num_preemptions_total") is None
