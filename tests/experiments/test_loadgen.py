@@ -1,5 +1,5 @@
 """Load generator: request bodies, SSE accounting, run order, spread, and end-to-end runs
-against a fake OpenAI-compatible server on loopback (tests/experiments/openai_fake.py)."""
+against the instant OpenAI-compatible backend on loopback (elis.experiments.instant_backend)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serving"))
-from openai_fake import make_app, serve  # noqa: E402
 from serving_factories import write_tiny_dataset  # noqa: E402
 
 from elis.experiments import loadgen as lg  # noqa: E402
+from elis.experiments.instant_backend import make_app, serve_in_thread  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def fake_url():
-    with serve(make_app()) as url:
+    with serve_in_thread(make_app()) as url:
         yield url
 
 
@@ -128,7 +127,7 @@ def test_replay_counts_tokens_and_fails_bad_requests_alone(fake_url):
     opts = lg.ReplayOptions(api="chat", max_tokens=30)
     df, info = asyncio.run(lg.replay(lg.Endpoint("f", fake_url), reqs, opts, scrape_metrics=True))
     df = df.set_index("request_id")
-    assert info["model"] == "fake-model"
+    assert info["model"] == "instant"
     assert df.loc["r0", "status"] == "FINISHED" and df.loc["r0", "num_output_tokens"] == 6
     assert df.loc["r0", "output_text"] == "t0 t1 t2 t3 t4 t5 " and df.loc["r0", "finish_reason"] == "stop"
     assert df.loc["r4", "num_output_tokens"] == 30 and df.loc["r4", "finish_reason"] == "length"
@@ -137,7 +136,8 @@ def test_replay_counts_tokens_and_fails_bad_requests_alone(fake_url):
     assert "prompt" in df.loc["r1", "fail_reason"]
     assert df.loc["r2", "fail_reason"] == "stream ended without a finish_reason"
     assert "engine failed" in df.loc["r3", "fail_reason"]
-    assert info["server_metrics_delta"]["fake_requests_total"] == 5.0
+    assert info["server_metrics_delta"]["instant_requests_total"] == 5.0
+    assert df.loc["r0", "num_prompt_tokens"] == 1  # the server's usage count (1 word) replaces the dataset's 4
     m = lg.summarize_replay(df.reset_index())
     assert (m["num_finished"], m["num_failed"], m["num_output_tokens_from_usage"]) == (2, 3, 2)
     assert m["num_preemptions"] is None and m["jct_mean_s"] > 0
@@ -186,7 +186,7 @@ def test_run_writes_run_experiment_layout(tmp_path, compose_cfg, fake_url):
         for k in ("jct_mean_s", "jct_p99_s", "ttft_mean_s", "tpot_mean_s", "request_throughput_rps"):
             assert m[k] is not None and len(m["repetitions"].get(k, [0, 0])) == 2
         rep = json.loads((d / "variants" / name / "reps" / "1" / "metrics.json").read_text())
-        assert rep["num_requests"] == 6 and rep["server_metrics_delta"]["fake_requests_total"] == 6.0
+        assert rep["num_requests"] == 6 and rep["server_metrics_delta"]["instant_requests_total"] == 6.0
     wl = pd.read_parquet(d / "workload.parquet")
     rec = pd.read_parquet(d / "variants" / "fcfs" / "reps" / "0" / "requests.parquet")
     assert rec["arrival_time_s"].tolist() == pytest.approx(wl["arrival_time_s"].tolist())
