@@ -46,3 +46,18 @@ def test_chat_text_answer_and_400(backend):
     assert r.json()["choices"][0]["finish_reason"] == "stop"
     r = httpx.post(f"{url}/completions", json={"prompt": "FAIL400", "max_tokens": 2})
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+
+
+def test_bench_gateway_counts_windows_against_the_instant_backend(backend):
+    from elis.experiments.bench_gateway import dispatch, overhead
+
+    url, _ = backend
+    # 5 requests × max_tokens 2·3 = 6 tokens (prompt of 100 chars ≥ 6) → ceil(6/3) = 2 windows each
+    d = dispatch(url, window_tokens=3, windows=2, num=5, reps=2, prompt_chars=100)
+    assert [r["num_windows"] for r in d["runs"]] == [10, 10] and all(r["num_failed"] == 0 for r in d["runs"])
+    assert d["windows_per_s_mean"] > 0
+    # the same server as 'direct' and 'gateway': 2 runs each, interleaved A B B A
+    o = overhead(url, url, window_tokens=3, windows=2, num=2, reps=2, prompt_chars=100)
+    assert [r["repetition"] for r in o["runs"]["gateway"]] == [0, 1]
+    assert all(r["tokens_mean"] == 6 for r in o["runs"]["direct"] + o["runs"]["gateway"])
+    assert len(o["overhead_ms_per_window"]) == 2
