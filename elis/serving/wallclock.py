@@ -235,11 +235,15 @@ class WallClockRunner:
         return True
 
     def _wait(self, futures: list, timeout_s: float | None) -> set:
-        if self._wake.done():
-            self._wake = cf.Future()
         done, _ = cf.wait(futures + [self._wake], timeout=timeout_s, return_when=cf.FIRST_COMPLETED)
         done.discard(self._wake)
         return done
+
+    def arm_wake(self) -> None:
+        """Re-arm ``wake`` after it fired. Call it on the loop thread BEFORE reading the commands
+        whose arrival calls ``wake``, so no wake-up between the two is lost."""
+        if self._wake.done():
+            self._wake = cf.Future()
 
     def wake(self) -> None:
         """Make a waiting ``step`` return (thread-safe)."""
