@@ -364,7 +364,7 @@ class Gateway:
         self.loop = loop
         self.tokenizer = tokenizer
         self.config = config
-        self.metrics = loop.metrics
+        self.metrics = getattr(loop, "metrics", None)
 
     # parsing ---------------------------------------------------------------
     def _prompt_ids(self, body: dict, chat: bool) -> tuple[list[int], str]:
@@ -563,14 +563,17 @@ def build_app(gateway: Gateway):
             return StreamingResponse(_sse(gateway, r, st, opts, created), media_type="text/event-stream")
         return await _collect(gateway, http, r, st, opts, created)
 
-    @app.post("/v1/completions")
-    async def completions(http: HTTPRequest):
+    async def completions(http):
         return await handle(http, chat=False)
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(http: HTTPRequest):
+    async def chat_completions(http):
         return await handle(http, chat=True)
 
+    # real annotation objects: this module's `from __future__ import annotations` would leave
+    # FastAPI a string it cannot resolve (it would read `http` as a query parameter)
+    for fn, path in ((completions, "/v1/completions"), (chat_completions, "/v1/chat/completions")):
+        fn.__annotations__["http"] = HTTPRequest
+        app.post(path)(fn)
     return app
 
 
