@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--prompt-chars", type=int, default=2000)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
     common = dict(window_tokens=a.window_tokens, windows=a.windows, num=a.num, reps=a.reps, prompt_chars=a.prompt_chars)
     res = (overhead(a.direct, a.gateway, **common) if a.cmd == "overhead"
            else dispatch(a.gateway, concurrency=a.concurrency, **common))

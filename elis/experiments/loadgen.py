@@ -601,6 +601,7 @@ def main() -> None:
 
     @hydra.main(config_path=str(CONFIG_DIR), config_name="loadgen", version_base="1.3")
     def _main(cfg) -> None:
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
         res = run(cfg)
         print(f"run directory: {res.pop('output_dir')}")
         res.pop("spread")
