@@ -23,7 +23,8 @@ the finish (a stall, e.g. a preemption, as the client sees it). Not observable f
 and written as NaN / None: ``queuing_delay_s``, ``executed_time_s``, ``num_preemptions``
 (read the gateway's Prometheus counters instead: with ``scrape_metrics`` their change over
 the run is saved as ``server_metrics_delta``, and ``num_preemptions`` is taken from a counter
-named ``…num_preemptions_total`` when the server has one, as the ELIS gateway does). ``true_num_output_tokens`` is the length this
+named ``…num_preemptions_total`` when the server has one, as the ELIS gateway does, and
+``server_queuing_delay_mean_s`` from a ``…request_queue_time_seconds`` histogram). ``true_num_output_tokens`` is the length this
 engine generated (the run's truth; length buckets use it); the dataset answer's length is
 kept as ``reference_num_output_tokens``.
 
@@ -375,6 +376,16 @@ def server_count(delta: dict | None, suffix: str) -> int | None:
     return int(round(sum(vals))) if vals else None
 
 
+def server_mean(delta: dict | None, histogram: str) -> float | None:
+    """``sum / count`` of a scraped histogram's change (e.g. ``…request_queue_time_seconds``, which
+    the ELIS gateway and vLLM both export); None when absent or empty."""
+    if not delta:
+        return None
+    tot = {suf: sum(v for k, v in delta.items() if k.split("{")[0].endswith(f"{histogram}{suf}"))
+           for suf in ("_sum", "_count")}
+    return tot["_sum"] / tot["_count"] if tot["_count"] else None
+
+
 def summarize_replay(records: pd.DataFrame) -> dict:
     """``elis.serving.metrics.summarize`` of client records, with the client-invisible counts as None.
 
@@ -565,6 +576,7 @@ def run(cfg) -> dict:
         warmed.add(name)
         m = summarize_replay(df) | info | {"repetition": rep, "run_index": k}
         m["num_preemptions"] = server_count(info.get("server_metrics_delta"), "num_preemptions_total")
+        m["server_queuing_delay_mean_s"] = server_mean(info.get("server_metrics_delta"), "request_queue_time_seconds")
         _write(out_dir / "variants" / name / "reps" / str(rep), df, m)
         per_rep[name].append(m)
         records[name].append(df.assign(repetition=rep))

@@ -212,3 +212,10 @@ def test_server_count_reads_gateway_counters():
     assert lg.server_count(delta, "num_preemptions_total") == 5
     assert lg.server_count({"fake_requests_total": 1.0}, "num_preemptions_total") is None
     assert lg.server_count(None, "num_preemptions_total") is None
+
+
+def test_server_mean_of_a_histogram():
+    delta = {"elis:request_queue_time_seconds_sum": 3.0, "elis:request_queue_time_seconds_count": 4.0,
+             "elis:request_queue_time_seconds_bucket{le=1.0}": 4.0}
+    assert lg.server_mean(delta, "request_queue_time_seconds") == 0.75
+    assert lg.server_mean({"elis:request_queue_time_seconds_count": 0.0}, "request_queue_time_seconds") is None
