@@ -75,7 +75,7 @@ COLUMNS: tuple[str, ...] = (
     "queuing_delay_s", "executed_time_s", "max_wait_s", "ttft_s", "tpot_s", "num_prompt_tokens",
     "num_output_tokens", "true_num_output_tokens", "max_tokens", "num_preemptions",
     "num_recomputed_tokens", "first_predicted_tokens", "reference_num_output_tokens",
-    "num_chunks", "num_output_tokens_source", "output_text",
+    "num_chunks", "num_output_tokens_source", "output_text", "output_token_ids", "prompt",
 )
 
 
@@ -120,6 +120,7 @@ class ReplayOptions:
     request_timeout_s: float = 600.0
     max_duration_s: float = 3600.0
     include_usage: bool = True
+    return_token_ids: bool = False
 
     def __post_init__(self) -> None:
         if self.api not in APIS:
@@ -154,6 +155,8 @@ def request_body(api: str, model: str, req: LoadRequest, opts: ReplayOptions) ->
         body["stop"] = list(opts.stop)
     if opts.include_usage:
         body["stream_options"] = {"include_usage": True}
+    if opts.return_token_ids:
+        body["return_token_ids"] = True
     return body
 
 
@@ -166,13 +169,14 @@ def _chunk_text(api: str, choice: dict) -> str:
 class _Stream:
     """Accumulates one SSE response (times in run seconds)."""
 
-    __slots__ = ("api", "times", "parts", "finish_reason", "finish_s", "usage", "error")
+    __slots__ = ("api", "times", "parts", "ids", "finish_reason", "finish_s", "usage", "error")
 
     def __init__(self, api: str) -> None:
         self.api = api
         self.times: list[float] = []  # arrival of each text chunk
         self.finish_s: float | None = None  # arrival of the chunk carrying finish_reason
         self.parts: list[str] = []
+        self.ids: list[int] = []  # choices[].token_ids (vLLM's / the ELIS gateway's return_token_ids)
         self.finish_reason: str | None = None
         self.usage: dict | None = None
         self.error: str | None = None
@@ -197,6 +201,7 @@ class _Stream:
             if piece:
                 self.times.append(now_s)
                 self.parts.append(piece)
+            self.ids.extend(int(t) for t in ch.get("token_ids") or [])
             if ch.get("finish_reason") and self.finish_reason is None:
                 self.finish_reason = str(ch["finish_reason"])
                 self.finish_s = now_s
@@ -213,7 +218,7 @@ def _row(req: LoadRequest, arrival_s: float, opts: ReplayOptions) -> dict:
                num_prompt_tokens=int(req.num_prompt_tokens), num_output_tokens=0,
                true_num_output_tokens=-1, max_tokens=int(opts.max_tokens),
                reference_num_output_tokens=int(req.reference_num_output_tokens), num_chunks=0,
-               num_output_tokens_source=None, output_text="")
+               num_output_tokens_source=None, output_text="", output_token_ids=[], prompt=req.prompt)
     return row
 
 
@@ -230,7 +235,7 @@ def _finish_row(row: dict, s: _Stream, finish_s: float) -> dict:
         ttft_s=first - arrival if text_times else math.nan,
         tpot_s=(finish_s - first) / (n - 1) if n >= 2 and text_times else math.nan,
         max_wait_s=float(np.max(np.diff(marks))), num_output_tokens=n, true_num_output_tokens=n,
-        num_chunks=len(s.parts), output_text="".join(s.parts),
+        num_chunks=len(s.parts), output_text="".join(s.parts), output_token_ids=list(s.ids),
         num_output_tokens_source="usage" if s.usage and "completion_tokens" in s.usage else "chunks",
     )
     if s.usage and s.usage.get("prompt_tokens") is not None:
@@ -560,6 +565,7 @@ def run(cfg) -> dict:
         stop=list(cfg.stop) if cfg.get("stop") else None, time_scale=float(cfg.time_scale),
         max_concurrency=cfg.get("max_concurrency"), request_timeout_s=float(cfg.request_timeout_s),
         max_duration_s=float(cfg.max_duration_s), include_usage=bool(cfg.include_usage),
+        return_token_ids=bool(cfg.get("return_token_ids", False)),
     )
     requests, wl = build_requests(cfg)
     wl.to_parquet(out_dir / "workload.parquet", index=False)

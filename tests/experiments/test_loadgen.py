@@ -143,6 +143,13 @@ def test_replay_counts_tokens_and_fails_bad_requests_alone(fake_url):
     assert m["num_preemptions"] is None and m["jct_mean_s"] > 0
 
 
+def test_replay_records_returned_token_ids(fake_url):
+    opts = lg.ReplayOptions(api="completions", max_tokens=3, return_token_ids=True)
+    assert lg.request_body("completions", "m", _req(0, "x"), opts)["return_token_ids"] is True
+    df, _ = asyncio.run(lg.replay(lg.Endpoint("f", fake_url), [_req(0, "abcdef")], opts))
+    assert list(df.loc[0, "output_token_ids"]) == [100, 101, 102] and df.loc[0, "prompt"] == "abcdef"
+
+
 def test_replay_without_usage_counts_chunks(fake_url):
     opts = lg.ReplayOptions(api="completions", max_tokens=4, include_usage=False)
     df, _ = asyncio.run(lg.replay(lg.Endpoint("f", fake_url, model="any"), [_req(0, "xyz")], opts))

@@ -52,3 +52,24 @@ def test_no_boundary_before_the_last_token_and_bad_window():
     assert boundary_mismatches("P", [1, 2, 3], 50, tok, detok) == ([], 0)
     with pytest.raises(ValueError, match="window_tokens"):
         boundary_mismatches("P", [1], 0, tok, detok)
+
+
+def test_measure_records_with_a_char_tokenizer():
+    """Records mode on a char tokenizer (1 char = 1 token, no merges): every boundary resumes exactly,
+    so 0 of 2 boundaries (answer of 5 tokens, W=2: boundaries 2 and 4) mismatch."""
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from gateway_factories import char_tokenizer
+
+    from elis.serving.text_resume import measure_records
+
+    tk = char_tokenizer()
+    ids = tk("hello", add_special_tokens=False)["input_ids"]
+    recs = pd.DataFrame({"status": ["FINISHED", "FAILED"], "prompt": ["Hi", "x"], "output_token_ids": [ids, []]})
+    res = measure_records(recs, tk, window_tokens=2)
+    assert (res["num_boundaries"], res["num_mismatched_boundaries"], res["num_requests_with_boundary"]) == (2, 0, 1)
+    assert res["request_mismatch_rate"] == 0.0
