@@ -15,13 +15,16 @@ register_resolvers()
 
 @hydra.main(config_path="conf", config_name="run_experiment", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from elis.experiments.report import no_completion_message, summary_line
     from elis.experiments.run import run
 
     results = run(cfg)
     print(f"run directory: {results.pop('output_dir')}")
     for name, m in results.items():
-        print(f"{name:28s} jct_mean_s={m['jct_mean_s']:.3f} jct_p99_s={m['jct_p99_s']:.3f} "
-              f"queuing_delay_mean_s={m['queuing_delay_mean_s']:.3f} preemptions={m['num_preemptions']}")
+        print(summary_line(name, m))
+    msg = no_completion_message(results)
+    if msg:  # by design: a run whose numbers are all undefined must not look like a success
+        raise SystemExit(f"run_experiment: error: {msg}")
 
 
 if __name__ == "__main__":

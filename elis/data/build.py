@@ -6,7 +6,11 @@ Pipeline (each step logs what it did; every dropped row is counted under a named
    ``(source, prompt_id, generator)`` rows, apply the optional ``generators`` /
    ``max_pairs`` filters;
 2. count tokens with the label tokenizer (``datasets.map(batched=True, num_proc=...)``);
-   responses with 0 tokens are dropped (``empty_after_tokenize``). Steps 1-2 are cached
+   where the source knows what the model served (generated datasets store the served ids;
+   the embedded answers the generator's own counts) that is the label instead, and the
+   manifest's ``labels`` block counts each label source and the re-encoded-vs-served
+   mismatch (``elis.data.lengths.label_report``); responses with 0 tokens are dropped
+   (``empty_after_tokenize``). Steps 1-2 are cached
    under ``${paths.cache_dir}/labels/<key>/``, keyed by the source's provenance (file
    hashes), the tokenizer fingerprint and the filters, so a re-run skips them;
 3. assign prompt-level splits (``elis.data.splits``), ``test_ood`` for held-out generators;
@@ -29,7 +33,13 @@ from pathlib import Path
 import numpy as np
 
 from elis.data.iterative import IterativeExpander
-from elis.data.lengths import LabelTokenizer, ResponseTokenizer, count_unique_tokens, load_label_tokenizer
+from elis.data.lengths import (
+    LabelTokenizer,
+    ResponseTokenizer,
+    count_unique_tokens,
+    label_report,
+    load_label_tokenizer,
+)
 from elis.data.schema import ITERATIVE_COLUMNS, OOD_SPLIT, PAIR_COLUMNS, SPLITS
 from elis.data.sources.base import DropReport, Source, SourceError
 from elis.data.splits import assign_splits, check_fractions
@@ -37,7 +47,7 @@ from elis.data.splits import assign_splits, check_fractions
 logger = logging.getLogger(__name__)
 
 # Bump when the labelling code changes what it writes, to invalidate old label caches.
-LABELS_VERSION = 1
+LABELS_VERSION = 2  # 2: labels from served token ids / counts where the source has them
 # Below this many rows per worker, extra processes cost more than they save.
 MIN_ROWS_PER_PROC = 2000
 BUILD_COMMAND = "python build_dataset.py data=<name>"
@@ -65,15 +75,17 @@ def read_pairs(
         max_pairs: keep the first ``max_pairs`` pairs in source order (None: all).
 
     Returns:
-        ``(columns, filters)``: PAIR_COLUMNS minus token counts; ``filters`` counts the rows
-        removed by each configured filter (not bad data, but reported).
+        ``(columns, filters)``: PAIR_COLUMNS minus token counts, plus ``served_token_ids``
+        (``[]`` when unknown) and ``num_served_tokens`` (-1 when unknown); ``filters`` counts
+        the rows removed by each configured filter (not bad data, but reported).
 
     Raises:
         ValueError: unknown names in ``generators`` (lists the valid ones).
     """
     from tqdm.auto import tqdm
 
-    cols: dict[str, list] = {k: [] for k in ("sample_id", "prompt_id", "prompt", "response", "generator", "source")}
+    cols: dict[str, list] = {k: [] for k in ("sample_id", "prompt_id", "prompt", "response", "generator", "source",
+                                             "served_token_ids", "num_served_tokens")}
     seen: set[str] = set()
     wanted = None if generators is None else set(generators)
     all_generators: set[str] = set()
@@ -94,6 +106,12 @@ def read_pairs(
         cols["sample_id"].append(sid)
         for k in ("prompt_id", "prompt", "response", "generator", "source"):
             cols[k].append(getattr(pair, k))
+        # what the model served, when the source knows it ([] / -1: unknown, re-encode the text)
+        served_ids = getattr(pair, "served_token_ids", None)
+        served_count = getattr(pair, "num_served_tokens", None)
+        cols["served_token_ids"].append(list(served_ids) if served_ids is not None else [])
+        cols["num_served_tokens"].append(len(served_ids) if served_ids is not None
+                                         else (served_count if served_count is not None else -1))
     if wanted is not None:
         unknown = sorted(wanted - all_generators)
         if unknown:
@@ -112,13 +130,23 @@ def _num_proc(num_rows: int, num_proc: int | None) -> int | None:
 def label_pairs(cols: dict[str, list], tok: LabelTokenizer, drops: DropReport, num_proc: int | None):
     """Add ``num_prompt_tokens``, ``num_output_tokens``, ``response_token_ids``; drop L == 0.
 
+    L is the number of tokens the model served where the source knows it (served ids, else
+    the generator's own count), else the count of the re-encoded text (``ResponseTokenizer``).
+
     Returns:
-        ``datasets.Dataset`` with PAIR_COLUMNS + ``response_token_ids``.
+        ``datasets.Dataset`` with PAIR_COLUMNS + ``response_token_ids``,
+        ``num_reencoded_tokens`` and ``label_source``.
     """
     import datasets
 
     counts = count_unique_tokens(tok.tokenizer, cols["prompt"])
-    ds = datasets.Dataset.from_dict(cols | {"num_prompt_tokens": [counts[p] for p in cols["prompt"]]})
+    cols = {"served_token_ids": [[]] * len(cols["prompt"]), "num_served_tokens": [-1] * len(cols["prompt"])} | cols
+    features = datasets.Features(
+        {k: datasets.Value("string") for k in cols if k not in ("served_token_ids", "num_served_tokens")}
+        | {"served_token_ids": datasets.Sequence(datasets.Value("int64")),
+           "num_served_tokens": datasets.Value("int64"), "num_prompt_tokens": datasets.Value("int64")})
+    ds = datasets.Dataset.from_dict(cols | {"num_prompt_tokens": [counts[p] for p in cols["prompt"]]},
+                                    features=features)
     ds = ds.map(
         ResponseTokenizer(tok.tokenizer),
         batched=True,
@@ -126,6 +154,7 @@ def label_pairs(cols: dict[str, list], tok: LabelTokenizer, drops: DropReport, n
         num_proc=_num_proc(len(ds), num_proc),
         desc="tokenize responses",
         new_fingerprint=f"labels-{tok.fingerprint[:16]}-{len(ds)}",
+        remove_columns=["served_token_ids", "num_served_tokens"],
     )
     lengths = _col(ds, "num_output_tokens")
     empty = np.flatnonzero(lengths == 0)
@@ -297,6 +326,10 @@ def build_dataset(
             f"data.holdout_generators has unknown generator(s) {unknown}; valid: {', '.join(sorted(set(gens)))}"
         )
     split_col = np.asarray(assign_splits(_col(ds, "prompt"), gens, fractions, held))
+    labels = label_report(_col(ds, "label_source"), _col(ds, "num_output_tokens"), _col(ds, "num_reencoded_tokens"))
+    rvs = labels["reencode_vs_served"]
+    logger.info("labels: %s; re-encoded vs served tokens differ for %d of %d answers", labels["label_source"],
+                rvs["num_mismatch"], rvs["num_compared"])
     split_names = list(SPLITS) + ([OOD_SPLIT] if held else [])
 
     out_dir = Path(out_dir)
@@ -358,6 +391,7 @@ def build_dataset(
         "drops": drops.to_dict(),
         "filters": filters,
         "label_tokenizer": tok.to_dict(),
+        "labels": labels,
         "provenance": info["provenance"],
         "labels_cache": {"key": info["cache_key"], "hit": info["cache_hit"]},
         "config": config,

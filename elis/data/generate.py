@@ -19,7 +19,11 @@ samples and splits exactly as for the other sources.
   cache, one per generator: ``<cache_dir>/<generator>.jsonl``. A rerun reads it and only
   answers the prompts that are missing; a torn last line (a killed run) is ignored and
   re-answered. Cached rows record generator, sampling parameters, seed, prompt and output
-  token counts and the finish reason.
+  token counts, the served output token ids (EOS excluded) and the finish reason.
+* **Labels**: the pairs carry the served token ids, so ``build_dataset.py`` labels each answer
+  with the number of tokens the model generated (not the count of its re-encoded text, which
+  differs: see ``elis.data.schema.RawPair``) and cuts the iterative prefixes at served-token
+  boundaries. Caches written before ids were stored give the served count only.
 """
 
 from __future__ import annotations
@@ -157,7 +161,9 @@ class GenerateSource:
                 pair = validated_pair(prompt_id=p.prompt_id, prompt=p.prompt,
                                       response=row["response"], generator=spec.name,
                                       source=self.name, drops=drops,
-                                      where=f"{self.cache_path(spec).name} prompt_id={p.prompt_id}")
+                                      where=f"{self.cache_path(spec).name} prompt_id={p.prompt_id}",
+                                      served_token_ids=row.get("output_token_ids"),
+                                      num_served_tokens=row.get("num_output_tokens"))
                 if pair is not None:
                     yield pair
 
@@ -285,7 +291,8 @@ def answer_prompts(
 
     Row fields: prompt_id, prompt, response (decoded without special tokens), generator,
     num_prompt_tokens (chat-templated), num_output_tokens (generated tokens, the EOS token
-    excluded), finish_reason ('eos'|'length'), seconds (wall time from first to last token).
+    excluded), output_token_ids (those tokens' ids, as served), finish_reason
+    ('eos'|'length'), seconds (wall time from first to last token).
     """
     from elis.serving.workers.hf import WindowItem, encode_prompt
 
@@ -322,6 +329,7 @@ def answer_prompts(
                     "generator": generator,
                     "num_prompt_tokens": len(st["ids"]),
                     "num_output_tokens": n_out,
+                    "output_token_ids": [int(t) for t in gen[:n_out]],
                     "finish_reason": out.finish_reason,
                     "seconds": round(out.token_times_s[-1] - st["t0"], 3) if out.token_times_s else 0.0,
                 }
@@ -331,8 +339,9 @@ def answer_prompts(
 
 def export_answers(rows: Sequence[dict], path: str | Path, settings: dict) -> dict:
     """Write answer rows as ``.jsonl.gz`` (fields: prompt_id, prompt, response, generator,
-    num_output_tokens, finish_reason) plus ``generation.json`` (``settings`` and counts)
-    beside it. Deterministic bytes (gzip mtime 0). Returns the summary written."""
+    num_output_tokens, finish_reason, and output_token_ids where the rows have them) plus
+    ``generation.json`` (``settings`` and counts) beside it. Deterministic bytes (gzip mtime
+    0). Returns the summary written."""
     import gzip
 
     path = Path(path)
@@ -340,7 +349,9 @@ def export_answers(rows: Sequence[dict], path: str | Path, settings: dict) -> di
     keep = ("prompt_id", "prompt", "response", "generator", "num_output_tokens", "finish_reason")
     with gzip.GzipFile(path, "wb", mtime=0) as gz:
         for r in rows:
-            gz.write((json.dumps({k: r[k] for k in keep}, ensure_ascii=False) + "\n").encode("utf-8"))
+            row = {k: r[k] for k in keep} | ({"output_token_ids": r["output_token_ids"]}
+                                               if "output_token_ids" in r else {})
+            gz.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
     lengths = sorted(int(r["num_output_tokens"]) for r in rows)
     summary = dict(settings)
     summary.update({

@@ -111,11 +111,22 @@ def count_tokens_batch(tokenizer, texts: list[str]) -> list[int]:
     return [len(ids) for ids in enc["input_ids"]]
 
 
+LABEL_SOURCES = ("served_ids", "served_count", "reencoded_text")
+
+
 class ResponseTokenizer:
     """A picklable ``datasets.map(batched=True)`` function adding response token labels.
 
-    Adds ``response_token_ids`` (list[int]: kept for the iterative expansion, dropped from
-    the saved pairs) and ``num_output_tokens`` (int).
+    Adds ``response_token_ids`` (list[int]: the iterative samples' prefixes are cut from them;
+    dropped from the saved pairs), ``num_output_tokens`` (int, the label L),
+    ``num_reencoded_tokens`` (the count of the re-encoded response text) and
+    ``label_source``, the first available of:
+
+    - ``served_ids``: the batch column ``served_token_ids`` is non-empty: the ids the model
+      served are the label (L = their number) and the prefixes;
+    - ``served_count``: ``num_served_tokens`` >= 0 (the generator's own count): L is that
+      count; prefixes come from the re-encoded ids (no served ids to cut);
+    - ``reencoded_text``: only text: L is the re-encoded count.
     """
 
     def __init__(self, tokenizer) -> None:
@@ -123,7 +134,52 @@ class ResponseTokenizer:
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         ids = self.tokenizer(batch["response"], add_special_tokens=False, return_attention_mask=False)["input_ids"]
-        return {"response_token_ids": ids, "num_output_tokens": [len(x) for x in ids]}
+        n = len(ids)
+        served_ids = batch.get("served_token_ids") or [[]] * n
+        served_counts = batch.get("num_served_tokens") or [-1] * n
+        out_ids, labels, sources = [], [], []
+        for reenc, s_ids, s_count in zip(ids, served_ids, served_counts, strict=True):
+            if s_ids:
+                out_ids.append(list(s_ids))
+                labels.append(len(s_ids))
+                sources.append("served_ids")
+            elif s_count is not None and s_count >= 0:
+                out_ids.append(reenc)
+                labels.append(int(s_count))
+                sources.append("served_count")
+            else:
+                out_ids.append(reenc)
+                labels.append(len(reenc))
+                sources.append("reencoded_text")
+        return {"response_token_ids": out_ids, "num_output_tokens": labels,
+                "num_reencoded_tokens": [len(x) for x in ids], "label_source": sources}
+
+
+def label_report(label_source, num_output_tokens, num_reencoded_tokens) -> dict:
+    """How the labels were made and how re-encoding compares with what was served.
+
+    Returns ``{"label_source": {source: rows}, "reencode_vs_served": {num_compared,
+    num_mismatch, mismatch_rate, diff_min, diff_max, diff_mean_abs}}`` where ``diff`` is
+    re-encoded minus served tokens over the rows with served ids or counts; with no such row
+    (text-only sources) the comparison has ``num_compared = 0`` and null statistics: those
+    labels carry the re-encoding error the served-data sources measure (SmolLM2's embedded
+    answers: see the README).
+    """
+    import numpy as np
+
+    src = np.asarray(label_source, dtype=object)
+    labels = np.asarray(num_output_tokens, dtype=np.int64)
+    reenc = np.asarray(num_reencoded_tokens, dtype=np.int64)
+    counts = {s: int(np.sum(src == s)) for s in LABEL_SOURCES}
+    served = src != "reencoded_text"
+    diff = reenc[served] - labels[served]
+    cmp = {"num_compared": int(served.sum()), "num_mismatch": int(np.sum(diff != 0))}
+    if diff.size:
+        cmp.update({"mismatch_rate": float(np.mean(diff != 0)), "diff_min": int(diff.min()),
+                    "diff_max": int(diff.max()), "diff_mean_abs": float(np.mean(np.abs(diff)))})
+    else:
+        cmp.update({"mismatch_rate": None, "diff_min": None, "diff_max": None, "diff_mean_abs": None})
+    return {"label_source": counts, "reencode_vs_served": cmp}
 
 
 def count_unique_tokens(tokenizer, texts: list[str], batch_size: int = 1024) -> dict[str, int]:

@@ -60,7 +60,11 @@ class RawPair:
     """What a source loader yields: one prompt answered by one generator.
 
     Loaders validate types and report bad rows (see ``elis.data.sources``); token counts
-    are added later by the label tokenizer.
+    are added later by the label tokenizer, unless the source knows what the model served:
+    ``served_token_ids`` (the generated ids, EOS excluded; they become the label and the
+    prefixes of the iterative samples) or only ``num_served_tokens`` (the generator's own
+    count; it becomes the label). Re-encoding decoded text can differ from what was served
+    (SmolLM2 serves "\n\n" as one token that re-encodes as two).
     """
 
     prompt_id: str
@@ -68,3 +72,5 @@ class RawPair:
     response: str
     generator: str
     source: str
+    served_token_ids: tuple[int, ...] | None = None
+    num_served_tokens: int | None = None

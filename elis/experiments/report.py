@@ -5,6 +5,9 @@ writes ``comparison.csv`` (one row per variant: every metric, its change vs wind
 vs continuous FCFS in percent) and ``comparison.md`` (the headline columns plus the share of
 oracle-SRTF's mean-JCT gain that ISRTF captures, per mode:
 ``(JCT_fcfs − JCT_isrtf) / (JCT_fcfs − JCT_srtf_oracle)``, same mode; undefined → 'n/a').
+Every table shows ``num_failed`` (latencies are over finished requests only) and lists the
+failure reasons of each variant that had failures (issue 11 item 12).
+``summary_line`` / ``no_completion_message`` format the CLI's closing lines.
 
 CLI: ``python -m elis.experiments.report RUN_DIR [RUN_DIR ...]``.
 """
@@ -27,8 +30,9 @@ HEADLINE: tuple[tuple[str, str], ...] = (
     ("jct_mean_s", "mean JCT (s)"), ("jct_p99_s", "p99 JCT (s)"), ("queuing_delay_mean_s", "mean queuing (s)"),
     ("ttft_mean_s", "mean TTFT (s)"), ("tpot_mean_s", "mean TPOT (s)"),
     ("jct_mean_s_short", "short JCT (s)"), ("jct_mean_s_long", "long JCT (s)"),
-    ("request_throughput_rps", "req/s"), ("num_preemptions", "preemptions"),
+    ("request_throughput_rps", "req/s"), ("num_preemptions", "preemptions"), ("num_failed", "failed"),
 )
+COUNTS: frozenset[str] = frozenset({"num_preemptions", "num_failed"})  # shown without Δ %
 
 
 def load_variants(run_dir: str | Path) -> pd.DataFrame:
@@ -58,6 +62,8 @@ def load_variants(run_dir: str | Path) -> pd.DataFrame:
                 "preemption": v.get("preemption", sched.get("preemption")),
                 "run_dir": str(d),
                 **{k: m.get(k) for k in METRICS},
+                "num_finished": m.get("num_finished"),
+                "fail_reasons": m.get("fail_reasons") or {},
             }
         )
     df = pd.DataFrame(rows)
@@ -96,6 +102,8 @@ def oracle_gain_share(df: pd.DataFrame, mode: str, metric: str = "jct_mean_s") -
     f, i, o = (_pick(df, p, mode) for p in ("fcfs", "isrtf", "srtf_oracle"))
     if f is None or i is None or o is None:
         return None
+    if any(x[metric] is None or pd.isna(x[metric]) for x in (f, i, o)):  # e.g. nothing finished
+        return None
     gain = f[metric] - o[metric]
     if not gain or pd.isna(gain):
         return None
@@ -110,6 +118,11 @@ def _fmt(v) -> str:
     return f"{int(v):,}" if isinstance(v, (int, float)) else str(v)
 
 
+def _count(v) -> str:
+    """A count (a float column when another variant lacks it): '3', or 'n/a'."""
+    return "n/a" if v is None or pd.isna(v) else f"{int(v):,}"
+
+
 def _pct(v) -> str:
     return "n/a" if v is None or pd.isna(v) else f"{v:+.1f}%"
 
@@ -122,12 +135,16 @@ def comparison_markdown(df: pd.DataFrame) -> str:
     for _, row in comp.iterrows():
         cells = [
             f"{_fmt(row[m])} ({_pct(row[f'{m}_vs_fcfs_windowed_pct'])} / {_pct(row[f'{m}_vs_fcfs_continuous_pct'])})"
-            if m != "num_preemptions" else _fmt(row[m])
+            if m not in COUNTS else _count(row[m])
             for m, _ in HEADLINE
         ]
         lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("Cells: value (change vs windowed FCFS / change vs continuous FCFS); lower is better except req/s.")
+    lines.append("Cells: value (change vs windowed FCFS / change vs continuous FCFS); lower is better except req/s. "
+                 "Latencies are over finished requests; 'failed' requests are not in them.")
+    for _, row in comp.iterrows():
+        if row.get("num_failed"):
+            lines.append(f"- Failures in {row['name']}: {format_fail_reasons(row.get('fail_reasons'))}")
     for mode in ("windowed", "continuous"):
         share = oracle_gain_share(df, mode)
         lines.append(
@@ -135,6 +152,34 @@ def comparison_markdown(df: pd.DataFrame) -> str:
             + ("n/a" if share is None else f"{100 * share:.1f}%")
         )
     return "\n".join(lines) + "\n"
+
+
+def format_fail_reasons(reasons: dict | None) -> str:
+    """``{reason kind: count}`` as 'count × reason; …' ('none' when empty)."""
+    if not reasons:
+        return "none"
+    return "; ".join(f"{n} × {k}" for k, n in reasons.items())
+
+
+def summary_line(name: str, m: dict) -> str:
+    """One line per variant for the CLI: headline numbers (n/a when undefined) and failures."""
+    line = (f"{name:28s} jct_mean_s={_fmt(m.get('jct_mean_s'))} jct_p99_s={_fmt(m.get('jct_p99_s'))} "
+            f"queuing_delay_mean_s={_fmt(m.get('queuing_delay_mean_s'))} preemptions={m.get('num_preemptions')} "
+            f"finished={m.get('num_finished')}/{m.get('num_requests')}")
+    if m.get("num_failed"):
+        line += f" failed={m['num_failed']} ({format_fail_reasons(m.get('fail_reasons'))})"
+    return line
+
+
+def no_completion_message(results: dict) -> str | None:
+    """A one-line error when some variant finished no request (its latencies are undefined), else None."""
+    empty = [name for name, m in results.items() if isinstance(m, dict) and not m.get("num_finished")]
+    if not empty:
+        return None
+    m = results[empty[0]]
+    return (f"no request finished in variant(s) {', '.join(empty)}: {m.get('num_failed', 0)} of "
+            f"{m.get('num_requests', 0)} failed ({format_fail_reasons(m.get('fail_reasons'))}); "
+            "metrics.json and requests.parquet were written, latency metrics are null")
 
 
 def write_comparison(run_dir: str | Path) -> tuple[Path, Path]:

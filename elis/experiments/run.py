@@ -36,6 +36,7 @@ from elis.serving.prediction import PredictionService
 from elis.serving.runtime import SCHED_KEYS, build_prediction_service, build_schedulers, simulate  # noqa: F401
 from elis.serving.runtime import json_default as _json_default
 from elis.serving.simulator import RequestTable
+from elis.serving.prediction import predictor_stats
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +100,14 @@ def make_arrivals(wl: DictConfig, num_requests: int, seed: int) -> tuple[np.ndar
     rng = make_rng(seed, "arrivals")
     kind = wl.kind
     if kind == "gamma":
-        return wlmod.gamma_arrivals(num_requests, wl.rate_rps, wl.cv, rng), None
+        return wlmod.gamma_arrivals(num_requests, float(wl.rate_rps), float(wl.cv), rng), None
     if kind == "poisson":
-        return wlmod.poisson_arrivals(num_requests, wl.rate_rps, rng), None
+        return wlmod.poisson_arrivals(num_requests, float(wl.rate_rps), rng), None
     if kind == "trace":
+        # Rows are sorted by time before the first start_row + N are taken (read_trace).
         start = int(wl.get("start_row", 0))
-        df = wlmod.load_trace(wl.path, time_scale=wl.time_scale, max_rows=start + num_requests)
+        df = wlmod.load_trace(wl.path, time_scale=wl.time_scale, max_rows=start + num_requests,
+                              time_unit=wl.get("time_unit", "auto"), format=wl.get("format", "auto"))
         df = df.iloc[start : start + num_requests].reset_index(drop=True)
         if len(df) < num_requests:
             raise ValueError(f"trace {wl.path} has {len(df)} rows from start_row={start}; need {num_requests}")
@@ -141,12 +144,32 @@ def build_table(cfg: DictConfig) -> tuple[RequestTable, pd.DataFrame]:
         arrival_time_s=arrivals,
         num_prompt_tokens=wl["num_prompt_tokens"].to_numpy(),
         num_output_tokens=wl["num_output_tokens"].to_numpy(),
-        max_tokens=int(cfg.max_tokens),
+        max_tokens=resolve_max_tokens(cfg),
         prompts=prompts,
         responses=responses,
         generators=generators,
     )
     return table, wl
+
+
+def resolve_max_tokens(cfg: DictConfig) -> int:
+    """``cfg.max_tokens``, or with ``max_tokens=null`` the model's context length
+    (``worker.max_context_tokens``): each request is then capped at the context its prompt
+    leaves by the scheduler's context rule.
+
+    Raises:
+        ValueError: ``max_tokens=null`` without ``worker.max_context_tokens``, or a value < 1.
+    """
+    v = cfg.get("max_tokens")
+    if v is None:
+        ctx = cfg.worker.get("max_context_tokens")
+        if ctx is None:
+            raise ValueError("max_tokens=null needs worker.max_context_tokens (the model's context length "
+                             "bounds each request); set max_tokens=<int> or worker.max_context_tokens=<int>")
+        v = ctx
+    if not int(v) >= 1:
+        raise ValueError(f"max_tokens must be an integer >= 1, got {v!r}")
+    return int(v)
 
 
 def warn_if_overloaded(wl: pd.DataFrame, cost_model: CostModel, max_batch_size: int,
@@ -208,6 +231,8 @@ def run_variant(cfg: DictConfig, sched: dict, table: RequestTable, prediction, c
     metrics["sim_wall_s"] = res.counters["wall_s"]
     metrics["sim_requests_per_wall_s"] = len(table) / max(res.counters["wall_s"], 1e-9)
     metrics["variant"] = sched
+    if prediction is not None:
+        metrics.update(predictor_stats(prediction.predictor))  # e.g. embedding.num_truncated
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
     log.info(
         "%s/%s: jct_mean_s=%.3f p99=%.3f (%d requests, %.2f s wall)", sched["policy"], sched.get("mode"),

@@ -6,8 +6,16 @@ Hugging Face encoder (``AutoModel`` + ``AutoTokenizer``), frozen (``eval()``,
 ``requires_grad_(False)``, ``torch.inference_mode()``), with:
 
 - pooling ``cls`` (the paper) or masked ``mean`` (all-MiniLM-L6-v2's native pooling). The
-  attention mask selects the tokens, and position ids are derived from the mask, so a text's
-  embedding does not depend on its batch neighbours or on the padding side.
+  attention mask selects the tokens. Batches are always padded on the RIGHT (whatever the
+  tokenizer's ``padding_side``) and the model computes its own position ids, so every real
+  token sees exactly the positions of an unpadded forward pass in every encoder family:
+  BERT/MiniLM/BGE count from 0, RoBERTa/XLM-R/MPNet from ``padding_idx + 1`` (passing
+  mask-derived ids counting from 0, as this module once did, gave those families cosine
+  0.989 / 0.894 to their own forward pass). A text's embedding therefore does not depend on
+  its batch neighbours.
+- ``max_length`` is checked against the positions the model can really use:
+  ``max_position_embeddings`` for BERT-style models, ``max_position_embeddings −
+  padding_idx − 1`` for the RoBERTa-style ones (514 − 1 − 1 = 512 for roberta-base).
 - truncation that keeps the START of the prompt and the END of the partial response (the
   newest tokens say most about what remains). Budget: ``max_length`` minus the special
   tokens and the separator; when both parts do not fit, the prompt gets up to
@@ -24,6 +32,7 @@ The encoder input text is ``prompt + PROMPT_RESPONSE_SEPARATOR + partial_respons
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -136,6 +145,59 @@ def special_affixes(tokenizer) -> tuple[list[int], list[int]]:
     raise ValueError("cannot locate the text among the tokenizer's special tokens")
 
 
+def _padding_idx(model) -> int | None:
+    """The padding index RoBERTa-style embeddings count positions after (None for BERT-style)."""
+    emb = getattr(model, "embeddings", None)
+    idx = getattr(emb, "padding_idx", None)
+    return int(idx) if isinstance(idx, int) else None
+
+
+def usable_positions(model) -> int | None:
+    """Tokens per input the model can embed (None when its config sets no limit).
+
+    ``max_position_embeddings`` for models counting positions from 0, and
+    ``max_position_embeddings − padding_idx − 1`` for those whose position ids start after the
+    padding index (RoBERTa, XLM-R, MPNet, CamemBERT...).
+    """
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if max_pos is None:
+        return None
+    pad = _padding_idx(model)
+    return int(max_pos) - (pad + 1 if pad is not None else 0)
+
+
+def position_note(model) -> str:
+    pad = _padding_idx(model)
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if pad is None:
+        return f"max_position_embeddings={max_pos}"
+    return f"max_position_embeddings={max_pos} minus padding_idx={pad} + 1: positions start after padding"
+
+
+def weights_digest(model, tokenizer) -> str:
+    """sha256 hex over every parameter/buffer (name, dtype, shape, bytes) and the vocabulary.
+
+    Identifies the weights themselves, not the folder they came from: replacing the files in
+    a model folder changes the digest (and so the embedding-cache namespace). Costs one pass
+    over the weights (0.6 s for MiniLM's 90 MB on this 2-core CPU at load average 7.7; a full
+    load of the model took 15 s).
+    """
+    import torch
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, t in sorted(model.state_dict().items()):
+            if not isinstance(t, torch.Tensor):
+                continue
+            t = t.detach().to("cpu").contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    vocab = sorted(tokenizer.get_vocab().items())
+    h.update(repr((type(tokenizer).__name__, vocab)).encode("utf-8"))
+    h.update(PROMPT_RESPONSE_SEPARATOR.encode("utf-8"))
+    return h.hexdigest()
+
+
 def join_text(prompt: str, partial_response: str) -> str:
     """The text a query stands for (cache key input): prompt [+ separator + response]."""
     if not partial_response:
@@ -219,11 +281,20 @@ class TextEncoder:
         if tokenizer is None or model is None:
             tokenizer, model = self._load(model_name)
         self.tokenizer = tokenizer
-        model_max = getattr(model.config, "max_position_embeddings", max_length)
-        if not 8 <= max_length <= model_max:
-            raise ValueError(f"encoder.max_length must be in [8, {model_max}], got {max_length!r}")
+        model_max = usable_positions(model)
+        if model_max is not None and not 8 <= max_length <= model_max:
+            raise ValueError(
+                f"encoder.max_length must be in [8, {model_max}] for {model_name} "
+                f"({position_note(model)}), got {max_length!r}"
+            )
+        if max_length < 8:
+            raise ValueError(f"encoder.max_length must be >= 8, got {max_length!r}")
         self.max_length = int(max_length)
+        # Pad with the id the model's own position ids skip (RoBERTa family), else the tokenizer's.
+        pad = _padding_idx(model)
+        self._pad_id = int(pad if pad is not None else (tokenizer.pad_token_id or 0))
         model.eval().requires_grad_(False)
+        self.weights_digest = weights_digest(model, tokenizer)
         if backend == "int8":
             if device != "cpu":
                 raise ValueError(f"encoder.backend=int8 runs on cpu only, got device={device!r}")
@@ -243,7 +314,7 @@ class TextEncoder:
         name = self.model_name.rstrip("/").replace("/", "__")
         return (
             f"{name}-{self.pooling}-L{self.max_length}"
-            f"-p{self.prompt_budget_fraction:g}-{self.backend}"
+            f"-p{self.prompt_budget_fraction:g}-{self.backend}-w{self.weights_digest[:16]}"
         )
 
     @staticmethod
@@ -316,19 +387,30 @@ class TextEncoder:
             it = tqdm(batches, desc=f"embed {self.model_name}", unit="batch")
         with torch.inference_mode():
             for b in it:
-                enc = self.tokenizer.pad({"input_ids": [ids[i] for i in b]}, return_tensors="pt")
-                out[b] = self._forward(enc["input_ids"], enc["attention_mask"])
+                input_ids, mask = self._pad_right([ids[i] for i in b])
+                out[b] = self._forward(input_ids, mask)
         self.stats.num_texts += len(ids)
         self.stats.num_tokens += int(sum(len(x) for x in ids))
         self.stats.seconds += time.perf_counter() - start
         return out
 
+    def _pad_right(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) input ids padded on the right with the pad id, and the (B, T) mask."""
+        import torch
+
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            input_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
+        return input_ids, mask
+
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:
-        # Position ids from the mask: left padding then sees the same positions as right.
-        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+        # No position_ids: with right padding the model's own ids are those of an unpadded
+        # pass, in every family (see the module docstring).
         hidden = self.model(
             input_ids=input_ids.to(self.device),
             attention_mask=attention_mask.to(self.device),
-            position_ids=position_ids.to(self.device),
         ).last_hidden_state  # (B, T, D)
         return pool(hidden, attention_mask.to(self.device), self.pooling).float().cpu().numpy()

@@ -75,6 +75,12 @@ class LearnedPredictor(TimedPredictor):
         log.info("learned predictor from %s (encoder %s)", path, encoder.cache_key)
         return cls(module, EmbeddingCache(encoder, cache_dir), name=name)
 
+    def stats(self) -> dict:
+        """``{"embedding": encoder counters (num_truncated, ...) + cache hits/computed/key}``."""
+        enc = self.cache.encoder
+        return {"embedding": {**enc.stats.as_dict(), "cache_hits": self.cache.num_hits,
+                              "cache_computed": self.cache.num_computed, "cache_key": enc.cache_key}}
+
     def _predict(self, queries: Sequence[PredictionQuery]) -> np.ndarray:
         import torch
 

@@ -322,8 +322,12 @@ def run(cfg) -> dict[str, Any]:
     if not cfg.predictor.get("trainable", False):
         raise ValueError(
             f"predictor={cfg.predictor.name!r} is not trainable; train.py needs a learned "
-            "predictor config: predictor=minilm, predictor=bge or predictor=bge_large"
+            "predictor config: predictor=minilm, predictor=bge, predictor=bge_large or predictor=gbdt"
         )
+    if cfg.predictor.get("kind") == "gbdt":
+        from elis.predictor.gbdt_train import run as run_gbdt
+
+        return run_gbdt(cfg)
     import torch
 
     torch.set_num_threads(int(cfg.num_threads))

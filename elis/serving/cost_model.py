@@ -109,13 +109,14 @@ def estimate_capacity_rps(
 ) -> float:
     """Requests/s one worker sustains with full batches (a rough, documented estimate).
 
-    One request costs a prefill of its prompt plus ``mean_output_tokens`` decode steps shared
-    by ``max_batch_size`` requests, at the mean context (prompt + half the output):
-    ``capacity = B / (prefill(P) + L * step(B, B * (P + L/2)))`` requests per second.
+    One request costs a prefill of its prompt plus ``mean_output_tokens`` decode steps and its
+    EOS step (``elis.serving.metrics``), shared by ``max_batch_size`` requests, at the mean
+    context (prompt + half the output):
+    ``capacity = B / (prefill(P) + (L + 1) * step(B, B * (P + L/2)))`` requests per second.
     """
     b = int(max_batch_size)
     ctx = b * (mean_prompt_tokens + mean_output_tokens / 2)
-    per_request_s = cost_model.prefill_time_s(int(mean_prompt_tokens)) + mean_output_tokens * (
+    per_request_s = cost_model.prefill_time_s(int(mean_prompt_tokens)) + (mean_output_tokens + 1) * (
         cost_model.decode_step_time_s(b, int(ctx))
     )
     return b / per_request_s

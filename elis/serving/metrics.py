@@ -5,17 +5,33 @@ Definitions (times in seconds on the run's clock):
 - queuing delay = JCT − time spent executing (the sum of every waiting interval: in the
   buffer, preempted, and the scheduling/predictor overhead before its windows).
 - TTFT = first token ever emitted − arrival (the first token is emitted at the end of the
-  request's first decode step; None for 0-token responses).
-- TPOT = (finish − first token) / (tokens − 1); None for fewer than 2 tokens.
+  request's first decode step; NaN for 0-token responses).
+- Decode steps (``num_decode_steps``): output tokens, plus ONE for the EOS step when the
+  request finished by EOS ('eos'): the engine spends a decode step choosing EOS, the request
+  holds its slot through it and ends at its end (``finish_time_s``), but the EOS token is
+  not an output token (``num_output_tokens`` excludes it, like the dataset labels). A
+  'length' finish has no EOS step. Every backend follows this (issue 11 item 10): the HF and
+  vLLM workers drop the EOS id from the tokens but keep its step's time as the finish time,
+  and the simulated worker charges the EOS step (``elis.serving.workers.sim``).
+- TPOT = (finish − first token) / (num_decode_steps − 1): numerator and denominator over the
+  same steps (every step after the first one's token, EOS included). NaN when undefined:
+  no content token (0-token answers) or a single step (1 token finished by 'length').
+  Undefined values are counted: ``num_ttft_undefined``, ``num_tpot_undefined`` (finished
+  requests only).
+- Failed requests carry NO completion metrics: ``jct_s``, ``queuing_delay_s``, ``ttft_s``,
+  ``tpot_s``, ``max_wait_s`` are NaN (raw times such as ``first_token_time_s`` and the tokens
+  produced before failing stay); they are counted in ``num_failed`` and grouped by reason in
+  ``fail_reasons`` (digits replaced by ``N``, so one kind of failure is one entry).
 - max wait = the longest single waiting interval (arrival → first window, or between windows).
 Summary names follow vLLM's benchmark style with units: ``jct_mean_s``, ``ttft_p99_s``,
 ``request_throughput_rps``, ``output_throughput_tok_s``. Percentiles: numpy's linear method.
-Failed requests are counted (``num_failed``) and excluded from latency statistics.
+A run where nothing finished has ``num_finished = 0`` and None for every latency statistic.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 
 import numpy as np
@@ -44,8 +60,8 @@ class RequestRecorder:
         "request_id", "worker_id", "status", "finish_reason", "fail_reason", "generator",
         "arrival_time_s", "first_token_time_s", "finish_time_s", "jct_s", "queuing_delay_s",
         "executed_time_s", "max_wait_s", "ttft_s", "tpot_s", "num_prompt_tokens",
-        "num_output_tokens", "true_num_output_tokens", "max_tokens", "num_preemptions",
-        "num_recomputed_tokens", "first_predicted_tokens",
+        "num_output_tokens", "num_decode_steps", "true_num_output_tokens", "max_tokens", "num_preemptions",
+        "num_recomputed_tokens", "first_predicted_tokens", "fail_time_s",
     )
     LISTS = (
         "window_start_s", "window_end_s", "prediction_num_generated_tokens",
@@ -71,22 +87,22 @@ class RequestRecorder:
         gaps = [iv[0][0] - r.arrival_time_s] if iv else []
         gaps += [iv[i][0] - iv[i - 1][1] for i in range(1, len(iv))]
         n = r.num_generated_tokens
-        ttft = r.first_token_time_s - r.arrival_time_s if r.first_token_time_s is not None else math.nan
-        tpot = (
-            (r.finish_time_s - r.first_token_time_s) / (n - 1)
-            if finished and n >= 2 and r.first_token_time_s is not None
-            else math.nan
-        )
+        steps = decode_steps(n, r.finish_reason if finished else None)
+        first = r.first_token_time_s
+        ttft = first - r.arrival_time_s if finished and first is not None else math.nan
+        tpot = (r.finish_time_s - first) / (steps - 1) if finished and first is not None and steps >= 2 else math.nan
         values = (
             r.request_id, r.worker_id if r.worker_id is not None else -1, r.status.name,
-            r.finish_reason, r.fail_reason, r.generator, r.arrival_time_s,
-            r.first_token_time_s if r.first_token_time_s is not None else math.nan,
+            r.finish_reason if finished else None, r.fail_reason, r.generator, r.arrival_time_s,
+            first if first is not None else math.nan,
             r.finish_time_s if finished else math.nan, jct,
-            jct - executed if finished else math.nan, executed, max(gaps, default=0.0), ttft, tpot,
-            r.num_prompt_tokens, n,
+            jct - executed if finished else math.nan, executed,
+            max(gaps, default=0.0) if finished else math.nan, ttft, tpot,
+            r.num_prompt_tokens, n, steps,
             r.true_num_output_tokens if r.true_num_output_tokens is not None else -1,
             r.max_tokens, r.num_preemptions, r.num_recomputed_tokens,
             r.first_predicted_tokens if r.first_predicted_tokens is not None else math.nan,
+            r.fail_time_s if not finished and r.fail_time_s is not None else math.nan,
         )
         for k, v in zip(self.SCALARS, values):
             c[k].append(v)
@@ -107,6 +123,17 @@ class RequestRecorder:
     def to_frame(self) -> pd.DataFrame:
         """The records as a DataFrame (NaN marks 'not applicable': TTFT of a 0-token answer, ...)."""
         return pd.DataFrame(self.columns)
+
+
+def decode_steps(num_output_tokens: int, finish_reason: str | None) -> int:
+    """Decode steps a request took: its output tokens, plus one EOS step if it finished by 'eos'."""
+    return num_output_tokens + (1 if finish_reason == "eos" else 0)
+
+
+def fail_reason_kind(reason: str | None) -> str:
+    """A failure reason with its free numbers replaced by ``N`` (one entry per kind of failure);
+    settings written ``key=value`` keep their value (``kv_capacity_tokens=20000``)."""
+    return re.sub(r"(?<![=\w.])\d+(?:\.\d+)?", "N", str(reason or "unknown"))
 
 
 def length_bucket_edges(true_num_output_tokens: np.ndarray) -> tuple[float, float]:
@@ -134,6 +161,11 @@ def summarize(records: pd.DataFrame, bucket_edges: tuple[float, float] | None = 
         "num_finished": int(len(fin)),
         "num_failed": int((records["status"] == RequestStatus.FAILED.name).sum()),
     }
+    failed = records[records["status"] == RequestStatus.FAILED.name]  # counted, never in latencies
+    kinds = failed["fail_reason"].map(fail_reason_kind).value_counts()
+    out["fail_reasons"] = {str(k): int(v) for k, v in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))}
+    out["num_ttft_undefined"] = int(np.isnan(fin["ttft_s"].to_numpy(dtype=np.float64)).sum())
+    out["num_tpot_undefined"] = int(np.isnan(fin["tpot_s"].to_numpy(dtype=np.float64)).sum())
     if len(fin):
         t0 = float(records["arrival_time_s"].min())
         t1 = float(fin["finish_time_s"].max())

@@ -65,6 +65,18 @@ def predictor_reads_text(predictor: LengthPredictor) -> bool:
     return predictor.name not in TEXT_FREE_PREDICTORS
 
 
+def predictor_stats(predictor: LengthPredictor | None) -> dict:
+    """What the predictor reports about its own work, for ``metrics.json`` (``{}`` if nothing).
+
+    A predictor with a text encoder returns ``{"embedding": {num_texts, num_tokens,
+    num_truncated, seconds, ..., cache_hits, cache_computed, cache_key}}`` from its ``stats()``
+    method (the same block ``train.py`` writes), so every run that predicts records how many
+    encoder inputs were truncated.
+    """
+    fn = getattr(predictor, "stats", None)
+    return dict(fn()) if callable(fn) else {}
+
+
 class PredictionService:
     """Batched predictions for requests, with simulated-latency accounting.
 
@@ -125,7 +137,8 @@ class PredictionService:
         )
 
     def precompute(self, requests: Iterable[Request]) -> int:
-        """Predict every window boundary ``g = k·W < target length`` of every request in one call.
+        """Predict every window boundary ``g = k·W <= target length`` of every request in one call
+        (``g = target`` when the answer is a multiple of W: its EOS step runs in one more window).
 
         Returns the number of (request, step) queries evaluated.
         """
@@ -138,7 +151,7 @@ class PredictionService:
             target = r.target_num_output_tokens
             if target is None:
                 raise ValueError(f"precompute needs the true length; request {r.request_id!r} has None")
-            for g in range(0, max(target, 1), w):
+            for g in range(0, target + 1, w):  # g = target: an EOS-only window still decides
                 keys.append((r.request_id, g))
                 queries.append(self.query_for(r, g))
         start = time.perf_counter()
@@ -172,6 +185,18 @@ class PredictionService:
         self.num_calls += 1
         self.num_queries += n
         return out, self.latency_s(n)
+
+    def observe_finished(self, r: Request) -> None:
+        """Tell the predictor an answer finished (its length now known), when it learns online.
+
+        Only answers that ended on their own are passed (``finish_reason != 'length'``: a
+        ``max_tokens`` cut says the length is at least that much, not what it is). Predictors
+        without ``observe_finished(prompt, generator, num_output_tokens)`` ignore it.
+        """
+        observe = getattr(self.predictor, "observe_finished", None)
+        if observe is None or r.finish_reason == "length":
+            return
+        observe(r.prompt, r.generator, int(r.num_generated_tokens))
 
     def latency_s(self, num_queries: int) -> float:
         """Seconds charged for one call on ``num_queries`` queries."""

@@ -70,7 +70,8 @@ class Request:
     Progress (written by the scheduler from worker results):
         status, worker_id, output_token_ids, partial_response (text generated so far),
         num_generated_tokens, first_token_time_s, finish_time_s, finish_reason
-        ('eos' | 'length'), fail_reason (str, only for FAILED).
+        ('eos' | 'length'), fail_reason (str, only for FAILED), fail_time_s (when it failed,
+        if the failing driver knew the time).
 
     Scheduling bookkeeping:
         predictions: one ``(num_generated_tokens, predicted_remaining_tokens)`` tuple per
@@ -108,6 +109,7 @@ class Request:
     finish_time_s: float | None = None
     finish_reason: str | None = None
     fail_reason: str | None = None
+    fail_time_s: float | None = None
     # scheduling bookkeeping
     predictions: list[tuple[int, float]] = field(default_factory=list)
     first_predicted_tokens: float | None = None

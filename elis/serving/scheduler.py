@@ -12,13 +12,18 @@ Modes (one class, ``mode=``):
 - ``windowed`` (the ELIS paper): called only when the worker is idle. All unfinished
   requests of the last window are back at a window boundary and compete with the buffer;
   the best ``max_batch_size`` run one window of up to ``window_tokens`` tokens each
-  (``stop_on_first=False``).
+  (``stop_on_first=False``). A running request is displaced only by the incumbent rule below.
 - ``continuous`` (vLLM-style; beyond the paper for ISRTF): called whenever a decode segment
   ends (some item finished or reached its window boundary) or a request arrives while a
   slot is free. Requests in the middle of a window keep their slot; only requests AT their
   window boundary (every ``window_tokens`` of their own tokens) can be displaced, and only by
   a waiting request whose key is lower by more than ``preemption_margin`` (so requests do
-  not ping-pong). Free slots are refilled by the policy key. Policies whose keys never change
+  not ping-pong). Free slots are refilled by the policy key.
+
+Incumbent rule (both modes, ``_incumbent_keeps``): a request at its boundary keeps its slot
+unless a waiting challenger is promoted (tier 0) or has ``key < incumbent_key −
+preemption_margin`` (strictly). Keys are compared WITHOUT the arrival/id tie-breakers: with
+the default margin 0 an equal key never preempts (issue 11 item 1), whoever arrived first. Policies whose keys never change
   (fcfs, sjf) without preemption run without boundaries (one segment to the end).
 
 Preemption and KV (``kv_capacity_tokens``, None = unlimited): a request not re-selected at
@@ -26,7 +31,30 @@ a boundary is preempted (``num_preemptions += 1``) and keeps its KV cache while 
 allows. Admitting a batch reserves ``context + max_new_tokens`` per running request; when
 that does not fit, cached KV of waiting requests is dropped worst-key first; a dropped
 request is re-prefilled (prompt + generated tokens, added to ``num_recomputed_tokens``)
-when it resumes. A request that cannot fit even on an empty worker FAILS with a reason.
+when it resumes.
+
+Admission and KV (issue 11 item 2):
+- A request whose next reservation cannot fit even on an EMPTY worker (``context +
+  max_new_tokens > kv_capacity_tokens``) can never run: it FAILS at once with a reason, at
+  ``add_request`` (arrival) or, for one that outgrew the capacity, at its next boundary.
+  It never blocks the queue. (The reservation never shrinks as a request grows, so "does not
+  fit alone now" means "never fits".)
+- A request that fits alone but not next to the running ones keeps its place: selection
+  stops there (strict policy order, no backfilling past it, as vLLM's waiting queue). Why:
+  skipping it would let a stream of smaller requests starve a large one indefinitely; the
+  reservations of running requests end at their next boundary, so it starts then.
+
+Life-cycle API for drivers (simulator, wall-clock runner, gateway):
+- ``assign(r)`` when the balancer picks this worker: ``r`` counts in ``num_outstanding`` and
+  ``predicted_outstanding_tokens`` from that moment (issue 11 item 3), even while the
+  frontend's prediction latency delays ``add_request``.
+- ``add_request(r, now_s) -> bool``: into the buffer; False = rejected (FAILED, reason set).
+- ``abort_request(r, reason, now_s) -> bool``: safe external cancel in any state (in
+  transit, pending, waiting, running: its slot and KV are freed at once and ``update``
+  discards its in-flight result; already terminal: no-op, False).
+- ``adopt_request(r, now_s)``: take over a started request from a dead worker (KV absent).
+- ``drain()``: remove and return every request (a dead worker), counters back to zero.
+- ``check_idle()``: end-of-run invariant: nothing outstanding, load and KV counters zero.
 
 Predictions: requests flagged ``needs_prediction`` (on arrival, and for ``isrtf`` at each
 window boundary) are predicted in ONE batched call at the start of ``schedule``; the
@@ -43,6 +71,7 @@ from typing import Protocol
 import numpy as np
 
 from elis.serving.buffer import PriorityBuffer
+from elis.serving.metrics import InvariantError, fail_reason_kind
 from elis.serving.policy import SchedulingPolicy
 from elis.serving.request import Request, RequestStatus
 from elis.serving.workers.base import WindowBatch, WindowItem, WindowResult
@@ -102,8 +131,8 @@ class Scheduler:
             one only if its key is lower by more than this.
         kv_capacity_tokens: KV cache capacity (tokens) or None (unlimited).
         max_context_tokens: the model's context length (prompt + output tokens) or None. A
-            request whose prompt alone fills it FAILS at admission (reported by the next
-            ``schedule`` in ``failed``); otherwise its ``max_tokens`` is capped at
+            request whose prompt alone fills it is rejected by ``add_request`` (FAILED with
+            the limit in ``fail_reason``, like a request that can never fit the KV); otherwise its ``max_tokens`` is capped at
             ``max_context_tokens - num_prompt_tokens`` (it then finishes 'length' when the
             context is full), counted in ``num_max_tokens_capped``.
         predictor: source of predictions (required if the policy uses predictions).
@@ -151,11 +180,11 @@ class Scheduler:
         self.predictor = predictor
         self.scheduling_overhead_s = scheduling_overhead_s
         self.max_context_tokens = max_context_tokens
-        self._rejected: list[Request] = []  # failed at admission, reported by the next schedule()
         self.num_max_tokens_capped = 0
         self.buffer = PriorityBuffer(policy.promote_after_s)
         self.running: list[Request] = []
         self._pending: list[Request] = []  # arrived, waiting for their first prediction
+        self._in_transit: dict[str, Request] = {}  # assigned by the balancer, not yet added
         self._cached_waiting: dict[str, Request] = {}  # preempted, KV still resident
         self._cached_waiting_tokens = 0
         self.uses_boundaries = mode == "windowed" or policy.repredicts or preemption
@@ -169,12 +198,14 @@ class Scheduler:
         self.scheduling_overhead_total_s = 0.0
         # Σ over unfinished requests of (latest prediction − tokens generated since), for the LB
         self.predicted_outstanding_tokens = 0.0
+        self._peak_load_tokens = 0.0  # scale of the float tolerance in check_idle
+        self._failure_kinds_logged: set[str] = set()
 
     # ------------------------------------------------------------------ queries
     @property
     def num_outstanding(self) -> int:
-        """Requests assigned here and not yet finished (waiting, pending or running)."""
-        return len(self.buffer) + len(self._pending) + len(self.running)
+        """Requests assigned here and not yet terminal (in transit, pending, waiting, running)."""
+        return len(self.buffer) + len(self._pending) + len(self.running) + len(self._in_transit)
 
     @property
     def num_free_slots(self) -> int:
@@ -182,43 +213,173 @@ class Scheduler:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.running or self._pending or len(self.buffer) or self._rejected)
+        return bool(self.running or self._pending or len(self.buffer))
 
     def wants_to_admit(self) -> bool:
         """Continuous mode: whether a free slot could take a waiting request now."""
         return self.num_free_slots > 0 and bool(self._pending or len(self.buffer))
 
     # ------------------------------------------------------------------ admission
-    def add_request(self, request: Request, now_s: float) -> None:
-        """Accept a newly arrived request (status WAITING) into this worker's buffer."""
-        if request.status is not RequestStatus.WAITING or request.has_started:
-            raise ValueError(f"request {request.request_id!r} is not new (status={request.status.name})")
+    def assign(self, request: Request) -> None:
+        """Count a new ``request`` here from the moment the balancer picks this worker.
+
+        Its load (``predicted_remaining_tokens`` if already predicted) and its place in
+        ``num_outstanding`` count at once; ``add_request`` follows (after the frontend's
+        prediction latency in the simulator).
+
+        Raises:
+            ValueError: a request that is not new, or already assigned.
+        """
+        self._check_new(request)
+        if request.request_id in self._in_transit:
+            raise ValueError(f"request {request.request_id!r} is already assigned to worker {self.worker_id}")
         request.worker_id = self.worker_id
-        if not self._admit_context(request):
-            return
+        self._in_transit[request.request_id] = request
+        if request.predicted_remaining_tokens is not None:
+            self._set_load(request, request.predicted_remaining_tokens)
+
+    def add_request(self, request: Request, now_s: float) -> bool:
+        """Accept a new request (status WAITING) into this worker's buffer.
+
+        Returns:
+            True if queued; False if rejected because it can never fit in the KV capacity
+            (the request is then FAILED with ``fail_reason``; the caller records it).
+
+        Raises:
+            ValueError: a request that is not new, or assigned to another worker.
+        """
+        if self._in_transit.pop(request.request_id, None) is not request:
+            self._check_new(request)
+            request.worker_id = self.worker_id
         if request.predicted_remaining_tokens is not None:
             request.needs_prediction = False
             self._set_load(request, request.predicted_remaining_tokens)
+        return self._queue(request, now_s)
+
+    def adopt_request(self, request: Request, now_s: float) -> bool:
+        """Take over an unfinished request from a dead worker (tokens confirmed so far, KV absent).
+
+        Its load here is its latest prediction minus the tokens generated since (its share on
+        the dead worker went with that worker's ``drain``). Returns ``add_request``'s bool.
+        """
+        if request.status.is_terminal:
+            raise ValueError(f"request {request.request_id!r} is {request.status.name}; cannot adopt it")
+        request.worker_id = self.worker_id
+        request.status = RequestStatus.WAITING
+        request.kv_cached = False
+        request.at_boundary = True
+        request.in_buffer = False
+        request.load_tokens = 0.0
+        if request.predicted_remaining_tokens is not None:
+            self._set_load(request, _outstanding_prediction(request))
+        elif self.policy.uses_predictions:
+            request.needs_prediction = True
+        return self._queue(request, now_s)
+
+    def _check_new(self, request: Request) -> None:
+        if request.status is not RequestStatus.WAITING or request.has_started:
+            raise ValueError(f"request {request.request_id!r} is not new (status={request.status.name})")
+        if request.worker_id is not None and request.worker_id != self.worker_id:
+            raise ValueError(f"request {request.request_id!r} is assigned to worker {request.worker_id}, "
+                             f"not {self.worker_id}")
+
+    def _queue(self, request: Request, now_s: float) -> bool:
+        reason = self._context_rejection(request) or self._never_fits(request)
+        if reason is not None:
+            self._fail(request, reason, now_s)
+            return False
         if self.policy.uses_predictions and request.needs_prediction:
             self._pending.append(request)
         else:
             request.sort_key = self.policy.sort_key(request)
             self.buffer.push(request, now_s)
+        return True
 
-    def _admit_context(self, r: Request) -> bool:
-        """Apply the context-length rule (see ``max_context_tokens``); False if ``r`` failed."""
+    def _never_fits(self, r: Request) -> str | None:
+        """The fail reason if ``r``'s next reservation exceeds the KV capacity of an EMPTY worker."""
+        cap = self.kv_capacity_tokens
+        if cap is None:
+            return None
+        need = r.num_context_tokens + self._max_new(r)
+        if need <= cap:
+            return None
+        return (f"needs {need} KV tokens (prompt {r.num_prompt_tokens} + generated {r.num_generated_tokens} "
+                f"+ next window {self._max_new(r)}) > kv_capacity_tokens={cap}: it can never fit")
+
+    def abort_request(self, request: Request, reason: str, now_s: float | None = None) -> bool:
+        """Cancel ``request`` safely from outside (client disconnect, worker error).
+
+        In transit, pending or waiting: removed from the queue. Running: removed from
+        ``running`` at once (its slot and KV reservation are free for the next decision) and
+        ``update`` discards the in-flight window's result for it. Already FINISHED or FAILED:
+        nothing changes. The caller records the request (it is FAILED with ``reason``).
+
+        Returns:
+            True if it was aborted now, False if it was already terminal.
+
+        Raises:
+            ValueError: ``request`` belongs to another worker, or an empty ``reason``.
+        """
+        if request.status.is_terminal:
+            return False
+        if not reason:
+            raise ValueError(f"abort_request({request.request_id!r}): reason must be a non-empty string")
+        if request.worker_id is not None and request.worker_id != self.worker_id:
+            raise ValueError(f"request {request.request_id!r} is on worker {request.worker_id}, not {self.worker_id}")
+        self._in_transit.pop(request.request_id, None)
+        if request.in_buffer:
+            self.buffer.remove(request)
+        self._uncache(request)
+        if request in self.running:
+            self.running.remove(request)
+        if request in self._pending:
+            self._pending.remove(request)
+        self._fail(request, reason, now_s)
+        return True
+
+    def drain(self) -> list[Request]:
+        """Remove and return every non-terminal request (a dead worker); counters to zero."""
+        out = list(self._in_transit.values()) + list(self._pending) + self.buffer.requests() + list(self.running)
+        for r in self.buffer.requests():
+            self.buffer.remove(r)
+        self._in_transit, self._pending, self.running = {}, [], []
+        self._cached_waiting, self._cached_waiting_tokens = {}, 0
+        for r in out:
+            r.load_tokens = 0.0
+        self.predicted_outstanding_tokens = 0.0
+        return out
+
+    def check_idle(self) -> None:
+        """End-of-run invariant (issue 11 item 4): no request left here, every counter at zero.
+
+        Raises:
+            InvariantError: naming each non-zero counter.
+        """
+        problems = []
+        for name, v in (("running", len(self.running)), ("pending", len(self._pending)),
+                        ("waiting", len(self.buffer)), ("in_transit", len(self._in_transit)),
+                        ("cached_waiting_tokens", self._cached_waiting_tokens)):
+            if v:
+                problems.append(f"{name}={v}")
+        tol = 1e-6 * max(1.0, self._peak_load_tokens)
+        if abs(self.predicted_outstanding_tokens) > tol:
+            problems.append(f"predicted_outstanding_tokens={self.predicted_outstanding_tokens!r}")
+        if problems:
+            raise InvariantError(f"worker {self.worker_id} not idle at the end of the run: " + ", ".join(problems))
+
+    def _context_rejection(self, r: Request) -> str | None:
+        """The context-length rule (see ``max_context_tokens``): the fail reason when the prompt
+        alone fills the context; otherwise caps ``r.max_tokens`` at the context left."""
         cap = self.max_context_tokens
         if cap is None:
-            return True
+            return None
         if r.num_prompt_tokens >= cap:
-            self._fail(r, f"prompt has {r.num_prompt_tokens} tokens; the model's context length is "
-                          f"max_context_tokens={cap} (prompt + output)")
-            self._rejected.append(r)
-            return False
+            return (f"prompt has {r.num_prompt_tokens} tokens; the model's context length is "
+                    f"max_context_tokens={cap} (prompt + output)")
         if r.num_prompt_tokens + r.max_tokens > cap:
             r.max_tokens = cap - r.num_prompt_tokens
             self.num_max_tokens_capped += 1
-        return True
+        return None
 
     # ------------------------------------------------------------------ phase 1
     def schedule(self, now_s: float) -> SchedulerOutput:
@@ -232,9 +393,6 @@ class Scheduler:
             self._preempt(r, now_s)
         out.preempted = preempted
         self.running = continuing + selected
-        if self._rejected:
-            out.failed = self._rejected + out.failed
-            self._rejected = []
         if preempted and self.kv_capacity_tokens is not None:
             self._fits(sum(r.num_context_tokens + self._max_new(r) for r in self.running), None)
         items = [self._make_item(r, r in selected and r not in contenders, out) for r in self.running]
@@ -275,6 +433,8 @@ class Scheduler:
         """Set ``r``'s share of ``predicted_outstanding_tokens`` (0 when finished/failed)."""
         self.predicted_outstanding_tokens += tokens - r.load_tokens
         r.load_tokens = tokens
+        if self.predicted_outstanding_tokens > self._peak_load_tokens:
+            self._peak_load_tokens = self.predicted_outstanding_tokens
 
     def _split_running(self) -> tuple[list[Request], list[Request]]:
         if not self.preemption:
@@ -287,8 +447,8 @@ class Scheduler:
         self, contenders: list[Request], continuing: list[Request], now_s: float, out: SchedulerOutput
     ) -> tuple[list[Request], list[Request]]:
         """Fill free slots from at-boundary contenders (with margin) and the buffer."""
-        policy, margin = self.policy, self.preemption_margin
-        ranked = sorted(contenders, key=lambda r: _with_margin(policy.sort_key(r), margin))
+        policy = self.policy
+        ranked = sorted(contenders, key=policy.sort_key)
         free = self.max_batch_size - len(continuing)
         reserved = sum(r.num_context_tokens + self._max_new(r) for r in continuing)
         selected: list[Request] = []
@@ -298,23 +458,22 @@ class Scheduler:
             c = ranked[i] if i < len(ranked) else None
             if c is None and top is None:
                 break
-            take_contender = c is not None and (
-                top is None or (1, _with_margin(policy.sort_key(c), margin)) <= (top[0], top[1].sort_key)
-            )
+            take_contender = c is not None and (top is None or self._incumbent_keeps(c, top))
             r = c if take_contender else top[1]  # type: ignore[index]
             need = r.num_context_tokens + self._max_new(r)
+            never = self._never_fits(r)
+            if never is not None:  # outgrew the capacity: fail it, keep filling (no blocking)
+                if take_contender:
+                    i += 1
+                    self.running.remove(r)
+                else:
+                    self.buffer.remove(r)
+                    self._uncache(r)
+                self._fail(r, never, now_s)
+                out.failed.append(r)
+                continue
             if not self._fits(reserved + need, r):
-                if not continuing and not selected:  # cannot fit even on an empty worker
-                    if take_contender:
-                        i += 1
-                        self.running.remove(r)
-                    else:
-                        self.buffer.remove(r)
-                        self._uncache(r)
-                    self._fail(r, f"needs {need} KV tokens > kv_capacity_tokens={self.kv_capacity_tokens}")
-                    out.failed.append(r)
-                    continue
-                break
+                break  # fits alone but not now: strict order, no backfilling (module docstring)
             if take_contender:
                 i += 1
             else:
@@ -324,6 +483,19 @@ class Scheduler:
             selected.append(r)
         preempted = ranked[i:]
         return selected, preempted
+
+    def _incumbent_keeps(self, incumbent: Request, top: tuple[int, Request]) -> bool:
+        """Whether the at-boundary ``incumbent`` keeps its slot against the buffer's best.
+
+        The challenger displaces it only if promoted (tier 0) or if its key is lower by MORE
+        than ``preemption_margin``: ``challenger_key < incumbent_key − margin``. Equal keys
+        (margin 0) keep the incumbent, whatever the arrival order, so equal-key requests do
+        not ping-pong (and pay no pointless preemption/re-prefill).
+        """
+        tier, challenger = top
+        if tier == 0:
+            return False
+        return not challenger.sort_key[0] < self.policy.sort_key(incumbent)[0] - self.preemption_margin
 
     def _fits(self, reserved_tokens: int, r: Request | None) -> bool:
         """Whether ``reserved_tokens`` fit, dropping cached KV of waiting requests (worst first)."""
@@ -405,9 +577,11 @@ class Scheduler:
         for r, item, res in zip(output.scheduled, output.batch.items, results):
             if res.request_id != r.request_id:
                 raise RuntimeError(f"worker {self.worker_id}: result for {res.request_id!r}, expected {r.request_id!r}")
+            if r.status.is_terminal:  # aborted during the window: its result is discarded
+                continue
             if res.error is not None:  # this request cannot run on the backend; the others go on
                 r.add_run_interval(res.start_s, res.end_s)
-                self._fail(r, res.error)
+                self._fail(r, res.error, now_s)
                 finished.append(r)
                 continue
             n = res.num_new_tokens
@@ -446,40 +620,24 @@ class Scheduler:
         r.finish_reason = reason or "eos"
         r.kv_cached = False
         self._set_load(r, 0.0)
+        observe = getattr(self.predictor, "observe_finished", None)
+        if observe is not None:  # online generator statistics (predictor=gbdt)
+            observe(r)
 
-    def _fail(self, r: Request, reason: str) -> None:
+    def _fail(self, r: Request, reason: str, now_s: float | None = None) -> None:
         r.status = RequestStatus.FAILED
         r.fail_reason = reason
+        r.fail_time_s = now_s
         r.kv_cached = False
         self._set_load(r, 0.0)
-        log.warning("worker %d: request %s failed: %s", self.worker_id, r.request_id, reason)
+        kind = fail_reason_kind(reason)  # warn once per kind of failure; the summary counts them all
+        level = logging.DEBUG if kind in self._failure_kinds_logged else logging.WARNING
+        self._failure_kinds_logged.add(kind)
+        log.log(level, "worker %d: request %s failed: %s", self.worker_id, r.request_id, reason)
 
-    def fail_request(self, r: Request, reason: str) -> None:
-        """Fail ``r`` from outside (e.g. a worker error), removing it from every queue."""
-        if r.in_buffer:
-            self.buffer.remove(r)
-        self._uncache(r)
-        if r in self.running:
-            self.running.remove(r)
-        if r in self._pending:
-            self._pending.remove(r)
-        self._fail(r, reason)
-
-    def abort_request(self, r: Request, reason: str = "aborted") -> bool:
-        """Cancel ``r`` safely from outside (client disconnect, stop string); True if it was live.
-
-        Waiting / pending / rejected: removed from every queue and FAILED with ``reason``.
-        Running (at a window boundary, i.e. not inside a window in flight): its slot is freed
-        at once. Already FINISHED or FAILED: nothing changes (a finished request stays
-        finished). The caller must not abort a request whose window is in flight on a worker
-        (the wall-clock runner defers that to the window's end, after cancelling it there).
-        """
-        if r.status.is_terminal:
-            return False
-        if r in self._rejected:
-            self._rejected.remove(r)
-        self.fail_request(r, reason)
-        return True
+    def fail_request(self, r: Request, reason: str, now_s: float | None = None) -> None:
+        """Fail ``r`` from outside; same as ``abort_request`` (kept for callers of the old name)."""
+        self.abort_request(r, reason, now_s)
 
     def finish_request(self, r: Request, reason: str, now_s: float) -> bool:
         """End a running/waiting ``r`` as FINISHED with ``reason`` (e.g. 'stop': a stop string
@@ -497,8 +655,9 @@ class Scheduler:
         return True
 
 
-def _with_margin(sort_key: tuple, margin: float) -> tuple:
-    """An incumbent's sort key, improved by ``margin`` key units."""
-    if not margin:
-        return sort_key
-    return (sort_key[0] - margin,) + tuple(sort_key[1:])
+def _outstanding_prediction(r: Request) -> float:
+    """Latest predicted remaining tokens minus the tokens generated since that prediction (>= 0)."""
+    if r.predictions:
+        g0, p = r.predictions[-1]
+        return max(p - (r.num_generated_tokens - g0), 0.0)
+    return max(float(r.predicted_remaining_tokens or 0.0), 0.0)

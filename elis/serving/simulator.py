@@ -10,7 +10,11 @@ being recorded, so memory grows with ACTIVE requests plus one record row per fin
 
 Per arrival: the load balancer picks a worker (sticky); when it needs the step-0 prediction
 (least_predicted_tokens) the frontend predicts first and the request reaches the worker's
-buffer after the charged predictor latency. Per worker: ``Scheduler.schedule`` → the window
+buffer after the charged predictor latency; its load counts on the chosen worker from the
+moment it is assigned (``Scheduler.assign``), so the balancer's next choice at the same
+instant already sees it (issue 11 item 3). A request the worker rejects (it can never fit
+in the KV capacity) is recorded FAILED at once. At the end of the run every scheduler must
+be idle with its load counters at zero (``Scheduler.check_idle``). Per worker: ``Scheduler.schedule`` → the window
 starts after ``overhead_s`` → ``SimWorker.execute`` gives each item's tokens and stop time →
 at the window's end ``Scheduler.update``. In continuous mode, an arrival at a worker with a
 free slot cuts the running segment at the first decode-step boundary at or after the arrival
@@ -88,8 +92,8 @@ class RequestTable:
             if n and arr.min() < 0:
                 i = int(np.argmin(arr))
                 raise ValueError(f"workload.{name}[{i}]={int(arr[i])} is negative")
-        if not self.max_tokens >= 1:
-            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens!r}")
+        if self.max_tokens is None or not self.max_tokens >= 1:
+            raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
         if self.request_ids is not None and len(set(self.request_ids)) != n:
             raise ValueError("workload.request_ids are not unique")
 
@@ -175,7 +179,8 @@ class Simulator:
         """Simulate until every request is terminal; check invariants; return records.
 
         Raises:
-            InvariantError: if any request is lost, duplicated or wrongly finished.
+            InvariantError: if any request is lost, duplicated or wrongly finished, or a worker
+                is not idle with zero load counters at the end.
         """
         wall0 = time.perf_counter()
         table, heap = self.table, self._heap
@@ -199,8 +204,7 @@ class Simulator:
                 i += 1
         wall_s = time.perf_counter() - wall0
         for s in self.schedulers:
-            if s.has_work:
-                raise RuntimeError(f"worker {s.worker_id} still has work after the event heap emptied")
+            s.check_idle()
         df = self.recorder.to_frame()
         check_invariants(df, n if table.request_ids is None else list(table.request_ids))
         return SimResult(records=df, counters=self._counters(wall_s))
@@ -221,13 +225,20 @@ class Simulator:
         if self.trace is not None:
             self.trace.append(("arrive", r.request_id, now))
         if delay > 0:
+            self.schedulers[w].assign(r)  # its load counts from now, not after the latency
             self._push(now + delay, _ENQUEUE, w, r)
         else:
             self._enqueue(r, w, now)
 
     def _enqueue(self, r: Request, w: int, now: float) -> None:
         s = self.schedulers[w]
-        s.add_request(r, now)
+        if r.status.is_terminal:  # aborted while in transit
+            return
+        if not s.add_request(r, now):
+            if self.trace is not None:
+                self.trace.append(("reject", r.request_id, now))
+            self._finalize(r)
+            return
         if self._out[w] is None:
             # Deferred to an event at the same time, so that every request arriving at `now`
             # is in the buffer before the idle worker decides.
@@ -258,9 +269,9 @@ class Simulator:
 
     def _cut_segment(self, w: int, now: float) -> None:
         """Continuous mode: end the running segment at the first step boundary >= now."""
-        out, res = self._out[w], self._res[w]
-        planned = res[0].num_new_tokens if res else 0
+        out = self._out[w]
         batch = out.batch  # type: ignore[union-attr]
+        planned = self.workers[w].segment_steps(batch)
         t0 = self._start[w] + self.cost_model.prefill_time_s(batch.num_prefill_tokens)
         ctx = sum(it.num_context_tokens for it in batch.items)
         m = max(self.cost_model.steps_within_s(len(batch.items), ctx, now - t0), 1)

@@ -19,7 +19,11 @@
   dead; the requests of that window and of its buffer return to live workers with the
   tokens confirmed by earlier windows (the failed window's tokens are discarded), and the
   fault is reported in ``metrics.json`` (``faults``). Nothing is lost or duplicated: the
-  records pass ``check_invariants``.
+  records pass ``check_invariants``, and every live worker ends idle with its load counters
+  at zero (``Scheduler.check_idle``; the dead worker is ``drain``-ed, the survivors count each
+  adopted request's outstanding prediction once, issue 11 item 4);
+* a request that can never fit in ``kv_capacity_tokens`` is rejected at arrival (FAILED
+  with a reason) and never blocks the queue.
 
 Outputs are the simulator's: ``requests.parquet`` and ``metrics.json`` (same summary keys,
 plus ``wall_s``, worker statistics and faults), so one report compares sim and real runs.
@@ -138,9 +142,8 @@ class WallClockRunner:
             ``on_terminal(request)`` once when it is finished or failed.
 
     Lifecycle rules: a request is terminal exactly once (finished | failed with a reason);
-    ``cancel`` of a queued request fails it at once; of a request whose window is in flight
-    asks the worker to abort that item and fails it when the window returns; of a finished
-    or unknown request changes nothing.
+    ``cancel`` fails a queued or running request at once (a running one's in-flight window
+    item is also aborted on the worker); of a finished or unknown request changes nothing.
     """
 
     def __init__(self, table, schedulers, handles, load_balancer, prediction=None,
@@ -170,7 +173,6 @@ class WallClockRunner:
         self.active: dict[str, Request] = {}
         self._inflight: dict[cf.Future, tuple[int, Any]] = {}
         self._inflight_ids: dict[str, int] = {}  # request id → worker whose window holds it
-        self._cancelled: dict[str, str] = {}  # in-flight request id → cancel reason
         self._num_windows = [0] * len(schedulers)
         self._wake: cf.Future = cf.Future()
         self.schedule_wall_s = 0.0
@@ -209,6 +211,8 @@ class WallClockRunner:
         # invariant (none lost or duplicated, terminal, times ordered) does.
         check_invariants(df.assign(true_num_output_tokens=-1),
                          n if table.request_ids is None else list(table.request_ids))
+        for s in self.schedulers:
+            s.check_idle()
         return df, self._counters(wall_s)
 
     @property
@@ -284,27 +288,30 @@ class WallClockRunner:
             r.record_prediction(float(preds[0]))
         live = self._live()
         w = live[self.lb.select(r, [self.schedulers[j] for j in live])]
-        self.schedulers[w].add_request(r, self.now())
+        if not self.schedulers[w].add_request(r, self.now()):
+            self._finalize(r)  # can never fit: rejected at once with its reason
 
     def cancel(self, request_id: str, reason: str = "aborted by the client") -> str:
-        """Cancel a request; returns its state when cancelled: 'queued' (failed now),
-        'running' (its in-flight window is aborted on the worker; it fails when the window
-        returns), or 'done' (finished, failed or unknown: nothing changes)."""
+        """Cancel a request at once (``Scheduler.abort_request``: FAILED with ``reason``, its
+        slot free for the next decision). Returns 'running' when its window was in flight (the
+        worker is told to abort that item: in-process at the next decode step, remote by
+        closing its HTTP request; the window's result for it is discarded), 'queued' when it
+        was waiting, 'done' when it was already finished, failed or unknown (nothing changes)."""
         r = self.active.get(request_id)
         if r is None or r.status.is_terminal:
             return "done"
         w = self._inflight_ids.get(request_id)
         if w is not None:
-            if request_id not in self._cancelled:
-                self._cancelled[request_id] = reason
-                cancel = getattr(self.handles[w], "cancel", None)
-                if cancel is not None:
-                    cancel(request_id, reason)
-            return "running"
-        self.schedulers[r.worker_id].abort_request(r, reason)
+            cancel = getattr(self.handles[w], "cancel", None)
+            if cancel is not None:
+                cancel(request_id, reason)
+        if r.worker_id is not None and self.alive[r.worker_id]:
+            self.schedulers[r.worker_id].abort_request(r, reason, self.now())
+        else:  # not yet (or no longer) on a live worker's queues
+            r.status, r.fail_reason, r.fail_time_s = RequestStatus.FAILED, reason, self.now()
         self.num_cancelled += 1
         self._finalize(r)
-        return "queued"
+        return "running" if w is not None else "queued"
 
     def _start_window(self, w: int) -> None:
         s = self.schedulers[w]
@@ -343,12 +350,6 @@ class WallClockRunner:
             self._finalize(r)
         by_id = {res.request_id: res for res in results}
         for r in out.scheduled:
-            reason = self._cancelled.pop(r.request_id, None)
-            if reason is not None and not r.status.is_terminal:
-                s.abort_request(r, reason)
-                self.num_cancelled += 1
-                self._finalize(r)
-                continue
             if self.listener is not None and r.status is not RequestStatus.FAILED:
                 if self.listener.on_progress(r, by_id.get(r.request_id)):
                     if r.status.is_terminal:
@@ -376,8 +377,9 @@ class WallClockRunner:
         now = self.now()
         self.alive[w] = False
         s = self.schedulers[w]
-        orphans = list(out.scheduled) + [r for r in s.running if r not in out.scheduled]
-        orphans += s.buffer.requests() + list(s._pending)
+        drained = s.drain()  # the dead worker's queues and load counters, emptied
+        orphans = [r for r in out.scheduled if not r.status.is_terminal]
+        orphans += [r for r in drained if not any(r is o for o in orphans)]
         fault = Fault(w, now, f"{type(exc).__name__}: {exc}"[:300], [r.request_id for r in orphans])
         self.faults.append(fault)
         log.error("worker %d failed at %.2f s (%s); requeueing %d requests", w, now, fault.error, len(orphans))
@@ -388,41 +390,17 @@ class WallClockRunner:
                     self._finalize(r)
                 return
             raise RuntimeError(f"all workers failed; last fault: {fault.error}") from exc
-        for r in s.buffer.requests():
-            s.buffer.remove(r)
-        s.running, s._pending = [], []
-        s.predicted_outstanding_tokens = 0.0
         for r in sorted(orphans, key=lambda r: (r.arrival_time_s, r.request_id)):
-            reason = self._cancelled.pop(r.request_id, None)
-            if reason is not None:
-                s.fail_request(r, reason)
-                self._finalize(r)
-                continue
             self._requeue(r, now)
 
     def _requeue(self, r: Request, now: float) -> None:
-        """Give ``r`` (tokens confirmed so far) to a live worker's buffer as a resumed request.
-
-        The scheduler has no public "adopt a started request" call; this mirrors its
-        preemption path (``Scheduler._preempt``) with the KV marked absent, so the new
-        worker re-prefills prompt + confirmed tokens (counted in ``num_recomputed_tokens``).
-        """
+        """Give ``r`` (tokens confirmed so far) to a live worker as a resumed request
+        (``Scheduler.adopt_request``: KV absent, so the new worker re-prefills prompt +
+        confirmed tokens, counted in ``num_recomputed_tokens``)."""
         live = self._live()
         w = live[self.lb.select(r, [self.schedulers[j] for j in live])]
-        s = self.schedulers[w]
-        r.worker_id = w
-        r.status = RequestStatus.WAITING
-        r.kv_cached = False
-        r.at_boundary = True
-        r.in_buffer = False
-        if r.predicted_remaining_tokens is not None:
-            s.predicted_outstanding_tokens += r.predicted_remaining_tokens
-        if s.policy.uses_predictions and r.predicted_remaining_tokens is None:
-            r.needs_prediction = True
-            s._pending.append(r)
-        else:
-            r.sort_key = s.policy.sort_key(r)
-            s.buffer.push(r, now)
+        if not self.schedulers[w].adopt_request(r, now):
+            self._finalize(r)
 
     def _counters(self, wall_s: float) -> dict:
         s = self.schedulers
@@ -474,6 +452,7 @@ def sampling_streams_of(out_dir: Path, table, replay: bool) -> dict[str, str]:
 def run_variant(cfg, sched: dict, table, prediction, cost_model, out_dir: Path) -> dict:
     """One scheduling variant on real workers; writes requests.parquet and metrics.json."""
     from elis.serving.runtime import build_runtime, json_default
+    from elis.serving.prediction import predictor_stats
     from elis.serving.workers.hf import encode_prompt
 
     out_dir = Path(out_dir)
@@ -501,6 +480,7 @@ def run_variant(cfg, sched: dict, table, prediction, cost_model, out_dir: Path) 
         lat = live.predictor.latency
         metrics["predictor_wall_s"] = lat.total_ms / 1e3
         metrics["predictor_mean_ms_per_call"] = lat.mean_ms_per_call
+        metrics.update(predictor_stats(live.predictor))  # e.g. embedding.num_truncated
     metrics["num_replayed_streams"] = len(streams)
     true = records["true_num_output_tokens"].to_numpy()
     got = records["num_output_tokens"].to_numpy()

@@ -74,8 +74,13 @@ def test_answers_every_valid_prompt_and_counts_bad_rows(tiny_llama, prompt_file,
                             "malformed_json": 1}
     rows = [json.loads(line) for line in src.cache_path(src.generators[0]).read_text().splitlines()]
     assert sorted(r["prompt_id"] for r in rows) == ["p1", "p2", "p3", "p4"]
+    served = {p.prompt_id: p.served_token_ids for p in pairs}
     for r in rows:
         assert 1 <= r["num_output_tokens"] <= 30
+        # the served ids (EOS excluded) are stored and travel with the pair: they are the label
+        assert len(r["output_token_ids"]) == r["num_output_tokens"]
+        assert served[r["prompt_id"]] == tuple(r["output_token_ids"])
+        assert CharTokenizer().decode(r["output_token_ids"], skip_special_tokens=True) == r["response"]
         assert r["finish_reason"] in ("eos", "length")
         assert (r["finish_reason"] == "length") == (r["num_output_tokens"] == 30)
         assert r["sampling"] == {"temperature": 1.0, "top_p": 0.9, "seed": 3, "max_new_tokens": 30}

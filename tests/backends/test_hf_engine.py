@@ -247,3 +247,65 @@ def test_hf_worker_reports_tokens_without_eos(engine, tiny_llama):
     assert res.finished and res.finish_reason == "eos"
     assert res.end_s > res.token_times_s[-1] if stop else res.end_s >= 5.0  # EOS step timed
     assert w.stats.num_tokens == stop + 1
+
+
+def test_tpot_counts_the_eos_step_on_the_hf_worker(tiny_llama):
+    # Issue 11 item 10: k content tokens + EOS, every decode step 2.0 clock units (the fake
+    # clock advances 1.0 per read; the engine reads it twice per step). TPOT must be 2.0 exactly
+    # (it was 2.0·k/(k−1) when the EOS step's time was divided by k−1 tokens), and the recorded
+    # finish is the end of the EOS step.
+    import itertools
+
+    from elis.serving.metrics import RequestRecorder
+    from elis.serving.policy import SchedulingPolicy
+    from elis.serving.request import Request
+    from elis.serving.scheduler import Scheduler
+    from elis.serving.workers.hf import HFWorker
+
+    full = _alone(HFWindowEngine(tiny_llama, eos_token_ids=[NEVER]), "b", 20).new_token_ids
+    k = next(j for j in range(3, 20) if full.index(full[j]) == j)  # first new id at j >= 3
+    ticks = itertools.count()
+    eng = HFWindowEngine(tiny_llama, eos_token_ids=[full[k]], clock=lambda: float(next(ticks)))
+    worker = HFWorker(0, eng)
+    s = Scheduler(0, SchedulingPolicy("fcfs"), max_batch_size=1, window_tokens=50)
+    r = Request("b", "", 0.0, len(PROMPTS["b"]), max_tokens=100, prompt_token_ids=PROMPTS["b"])
+    s.add_request(r, 0.0)
+    out = s.schedule(0.0)
+    res = worker.execute(out.batch, 0.0)
+    assert s.update(out, res, res[0].end_s) == [r]
+    rec = RequestRecorder()
+    rec.add(r)
+    row = rec.to_frame().iloc[0]
+    assert row["num_output_tokens"] == k and row["num_decode_steps"] == k + 1 and row["finish_reason"] == "eos"
+    assert row["finish_time_s"] - row["first_token_time_s"] == pytest.approx(2.0 * k)
+    assert row["tpot_s"] == pytest.approx(2.0)
+
+
+def test_answer_of_exactly_w_tokens_spends_an_eos_window_on_hf_and_in_the_simulator(tiny_llama):
+    # k content tokens with W = k: the first window returns k tokens unfinished, the next one
+    # only the EOS step (0 tokens, 'eos'). The simulated worker plans the same windows and steps.
+    from elis.serving.cost_model import CostModel
+    from elis.serving.policy import SchedulingPolicy
+    from elis.serving.request import Request
+    from elis.serving.scheduler import Scheduler
+    from elis.serving.workers.hf import HFWorker
+    from elis.serving.workers.sim import SimWorker
+
+    full = _alone(HFWindowEngine(tiny_llama, eos_token_ids=[NEVER]), "b", 20).new_token_ids
+    k = next(j for j in range(3, 20) if full.index(full[j]) == j)
+    runs = {}
+    for kind in ("hf", "sim"):
+        r = Request("b", "", 0.0, len(PROMPTS["b"]), max_tokens=100, prompt_token_ids=PROMPTS["b"],
+                    true_num_output_tokens=k)
+        worker = (HFWorker(0, HFWindowEngine(tiny_llama, eos_token_ids=[full[k]])) if kind == "hf"
+                  else SimWorker(0, CostModel(decode_base_s=1.0), {"b": r}.__getitem__))
+        s = Scheduler(0, SchedulingPolicy("fcfs"), max_batch_size=1, window_tokens=k)
+        s.add_request(r, 0.0)
+        windows = []
+        while s.has_work:
+            out = s.schedule(0.0)
+            (res,) = worker.execute(out.batch, 0.0)
+            windows.append((res.num_new_tokens, res.finished, res.finish_reason))
+            s.update(out, [res], res.end_s)
+        runs[kind] = windows
+    assert runs["hf"] == runs["sim"] == [(k, False, None), (0, True, "eos")]

@@ -75,3 +75,33 @@ def test_killed_worker_requests_are_requeued_and_finish_exactly(tiny_llama):
         assert outputs[f"req-{i:07d}"] == _reference(tiny_llama, i)
     # the window in flight had started requests: they re-prefill prompt + confirmed tokens
     assert df.loc[df["request_id"].isin(moved), "num_recomputed_tokens"].gt(0).sum() >= 1
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "isrtf"])
+@pytest.mark.parametrize("kill", [None, (1, 2)])
+def test_load_counters_return_to_zero_with_and_without_a_fault(kill, policy):
+    # Issue 11 item 4: least_predicted_tokens over 2 workers, windows on simulated workers driven
+    # in real time; a worker killed mid-window hands its requests to the other. At the end each
+    # scheduler's predicted_outstanding_tokens is 0 (run() checks it: Scheduler.check_idle).
+    # Under fcfs the only prediction is the frontend's at arrival, so a moved request has
+    # generated tokens since it: the old requeue counted them twice (left 5 or 10).
+    from elis.predictor.simple import OraclePredictor
+    from elis.serving.cost_model import CostModel
+    from elis.serving.load_balancer import LeastPredictedTokens
+    from elis.serving.prediction import PredictionService
+    from elis.serving.workers.sim import SimWorker
+
+    table = RequestTable(arrival_time_s=np.zeros(6), num_prompt_tokens=np.full(6, 3),
+                         num_output_tokens=np.array(LENGTHS), max_tokens=40)
+    pred = PredictionService(OraclePredictor(), None, latency_source="zero", window_tokens=5)
+    scheds = [Scheduler(w, SchedulingPolicy(policy), max_batch_size=2, window_tokens=5, predictor=pred)
+              for w in range(2)]
+    box = {}
+    handles = [LocalWorkerHandle(SimWorker(w, CostModel(), lambda rid: box["r"].active[rid])) for w in range(2)]
+    runner = WallClockRunner(table, scheds, handles, LeastPredictedTokens(), pred, kill_worker=kill)
+    box["r"] = runner
+    df, counters = runner.run()
+    assert (df["status"] == "FINISHED").all()
+    assert sorted(df["num_output_tokens"]) == sorted(LENGTHS)
+    assert counters["num_worker_faults"] == (1 if kill else 0)
+    assert [s.predicted_outstanding_tokens for s in scheds] == [0.0, 0.0]

@@ -36,3 +36,24 @@ def test_changes_and_oracle_share(tmp_path):
 def test_missing_runs_raise(tmp_path):
     with pytest.raises(FileNotFoundError, match="no metrics.json"):
         load_variants(tmp_path)
+
+
+def test_failures_are_in_every_table_and_nothing_finished_is_an_error(tmp_path):
+    # Issue 11 item 12: failed counts and reasons in comparison.md; undefined latencies print n/a.
+    from elis.experiments.report import no_completion_message, summary_line
+
+    _variant(tmp_path, "fcfs_windowed", "fcfs", "windowed", 10.0)
+    d = tmp_path / "variants" / "isrtf_windowed"
+    d.mkdir(parents=True)
+    m = {"jct_mean_s": None, "jct_p99_s": None, "num_preemptions": 0, "num_requests": 3, "num_finished": 0,
+         "num_failed": 3, "fail_reasons": {"needs N KV tokens > kv_capacity_tokens=1": 3}}
+    (d / "metrics.json").write_text(json.dumps(m))
+    (d / "variant.json").write_text(json.dumps({"name": "isrtf_windowed", "policy": "isrtf", "mode": "windowed"}))
+    text = write_comparison(tmp_path)[0].read_text()
+    assert "| failed |" in text.splitlines()[0]
+    assert "| isrtf_windowed | n/a (n/a / n/a) |" in text and text.splitlines()[3].endswith("| 0 | 3 |")
+    assert "- Failures in isrtf_windowed: 3 × needs N KV tokens > kv_capacity_tokens=1" in text
+    assert "finished=0/3 failed=3 (3 × needs" in summary_line("isrtf_windowed", m)
+    msg = no_completion_message({"fcfs_windowed": {"num_finished": 2}, "isrtf_windowed": m})
+    assert msg.startswith("no request finished in variant(s) isrtf_windowed: 3 of 3 failed")
+    assert no_completion_message({"fcfs_windowed": {"num_finished": 2}}) is None

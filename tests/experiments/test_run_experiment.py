@@ -111,3 +111,19 @@ def test_wandb_offline_logging(tiny, compose_cfg, monkeypatch):
     cfg = compose_cfg("run_experiment", BASE + ["num_requests=6", "+wandb.project=elis-test", "+wandb.mode=offline"])
     run(cfg)
     assert list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))
+
+
+def test_run_where_nothing_finishes_writes_correct_metrics(tiny, compose_cfg):
+    # Issue 11 item 12: kv_capacity_tokens=1 -> every request is rejected at arrival with a reason.
+    from elis.experiments.report import no_completion_message
+
+    cfg = compose_cfg("run_experiment", BASE + ["num_requests=6", "worker.kv_capacity_tokens=1"])
+    out = run(cfg)
+    d = Path(out.pop("output_dir"))
+    m = json.loads((d / "metrics.json").read_text())
+    assert (m["num_requests"], m["num_finished"], m["num_failed"]) == (6, 0, 6)
+    assert m["jct_mean_s"] is None and m["ttft_mean_s"] is None and m["tpot_mean_s"] is None
+    assert list(m["fail_reasons"].values()) == [6] and "kv_capacity_tokens=1" in next(iter(m["fail_reasons"]))
+    rec = pd.read_parquet(d / "requests.parquet")
+    assert (rec["status"] == "FAILED").all() and rec["jct_s"].isna().all() and rec["ttft_s"].isna().all()
+    assert no_completion_message(out) is not None

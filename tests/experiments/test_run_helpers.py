@@ -13,8 +13,8 @@ CM = CostModel(name="hand", decode_base_s=0.1)
 
 
 def test_capacity_is_batch_over_decode_time():
-    # B=4 requests of L=10 tokens share 10 steps of 0.1 s: 4 requests per second.
-    assert estimate_capacity_rps(CM, mean_prompt_tokens=5, mean_output_tokens=10, max_batch_size=4) == pytest.approx(4.0)
+    # B=4 requests of L=10 tokens share 10 steps + the EOS step of 0.1 s: 4 / 1.1 requests per second.
+    assert estimate_capacity_rps(CM, mean_prompt_tokens=5, mean_output_tokens=10, max_batch_size=4) == pytest.approx(4 / 1.1)
 
 
 def _wl(arrivals):
@@ -25,16 +25,16 @@ def _wl(arrivals):
 def test_light_load_is_reported_without_warning(caplog):
     with caplog.at_level(logging.INFO, logger="elis.experiments.run"):
         load = warn_if_overloaded(_wl([0.0, 1.0, 2.0]), CM, max_batch_size=4, num_workers=1)
-    assert load == pytest.approx(0.25)  # 1 req/s offered / 4 req/s capacity
+    assert load == pytest.approx(0.275)  # 1 req/s offered / (4 / 1.1) req/s capacity
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_overload_warns_and_scales_with_workers(caplog):
     with caplog.at_level(logging.INFO, logger="elis.experiments.run"):
         load = warn_if_overloaded(_wl([0.0, 0.1, 0.2]), CM, max_batch_size=4, num_workers=1)
-    assert load == pytest.approx(2.5)  # 10 req/s offered / 4 req/s
+    assert load == pytest.approx(2.75)  # 10 req/s offered / (4 / 1.1) req/s
     assert any("queue grows" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
-    assert warn_if_overloaded(_wl([0.0, 0.1, 0.2]), CM, max_batch_size=4, num_workers=5) == pytest.approx(0.5)
+    assert warn_if_overloaded(_wl([0.0, 0.1, 0.2]), CM, max_batch_size=4, num_workers=5) == pytest.approx(0.55)
 
 
 def test_single_request_has_no_rate():

@@ -86,3 +86,43 @@ def test_offline_hub_failure_names_the_offline_config(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="predictor=minilm"):
         TextEncoder("BAAI/bge-nonexistent-test-model")
+
+
+def _tiny(family: str):
+    """A random 1-layer encoder of ``family`` with pad_token_id=1 and 40 positions."""
+    import torch
+    from transformers import (BertConfig, BertModel, MPNetConfig, MPNetModel, RobertaConfig,
+                              RobertaModel, XLMRobertaConfig, XLMRobertaModel)
+
+    cls = {"bert": (BertConfig, BertModel), "roberta": (RobertaConfig, RobertaModel),
+           "mpnet": (MPNetConfig, MPNetModel), "xlm-roberta": (XLMRobertaConfig, XLMRobertaModel)}
+    config_cls, model_cls = cls[family]
+    torch.manual_seed(0)
+    cfg = config_cls(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=40, pad_token_id=1)
+    return model_cls(cfg).eval()
+
+
+@pytest.mark.parametrize(("family", "usable"), [("bert", 40), ("roberta", 38), ("mpnet", 38),
+                                                 ("xlm-roberta", 38)])
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_embedding_equals_the_models_own_forward_pass(family, usable, pooling, minilm_tokenizer):
+    """Positions start after padding_idx in RoBERTa/MPNet/XLM-R: still the model's own vectors."""
+    import torch
+
+    model = _tiny(family)
+    enc = TextEncoder(family, model=model, tokenizer=minilm_tokenizer, pooling=pooling,
+                      max_length=usable, batch_size=3)
+    texts = ["a short one", "a much longer prompt " * 12, "middle sized text"]
+    got = enc.encode(texts, ["", "", ""])  # batched with neighbours of other lengths
+    assert enc.stats.num_truncated == 1  # the long text was cut to the usable positions
+    for i, ids in enumerate(enc.token_ids(texts, ["", "", ""])):
+        with torch.inference_mode():
+            hidden = model(input_ids=torch.tensor([ids])).last_hidden_state[0]  # (T, D) unpadded
+        want = (hidden[0] if pooling == "cls" else hidden.mean(dim=0)).numpy()
+        cos = float(got[i] @ want / np.linalg.norm(got[i]) / np.linalg.norm(want))
+        assert cos == pytest.approx(1.0, abs=1e-6)
+        np.testing.assert_allclose(got[i], want, atol=1e-5)
+    # One position more than the model can use is refused, naming the field and the limit.
+    with pytest.raises(ValueError, match=rf"encoder.max_length must be in \[8, {usable}\]"):
+        TextEncoder(family, model=model, tokenizer=minilm_tokenizer, max_length=usable + 1)

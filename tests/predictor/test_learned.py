@@ -52,3 +52,14 @@ def test_missing_checkpoint_names_the_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="python train.py predictor=minilm data=x"):
         LearnedPredictor.from_checkpoint(str(tmp_path / "nope"),
                                          train_command="python train.py predictor=minilm data=x")
+
+
+def test_stats_report_truncation(predictor):
+    from elis.predictor.simple import OraclePredictor
+    from elis.serving.prediction import predictor_stats
+
+    predictor.predict_remaining([PredictionQuery("short"), PredictionQuery("word " * 3000, "", 0)])
+    emb = predictor_stats(predictor)["embedding"]
+    assert (emb["num_texts"], emb["num_truncated"], emb["cache_computed"]) == (2, 1, 2)
+    assert predictor_stats(OraclePredictor()) == {}
+    assert predictor_stats(None) == {}

@@ -46,3 +46,28 @@ def test_breakdowns_count_undefined_groups():
     assert r["per_generator"]["num_r2_undefined"] == 2  # b and c have one row each
     assert set(r["per_length_bucket"]["groups"]) == {"0-128", "256-512", "1024+"}
     assert list(length_bucket(np.array([0, 127, 128, 5000]))) == ["0-128", "0-128", "128-256", "1024+"]
+
+
+def test_logged_validation_metrics_accumulate_in_float64():
+    """Targets 8000 + U{0..10}: float32 sums of squares cancel (R² 1.49); float64 gives 0.61."""
+    import torch
+
+    from elis.predictor.module import LengthRegressor
+
+    rng = np.random.default_rng(0)
+    y = 8000.0 + rng.integers(0, 11, size=4000)
+    pred = y + rng.normal(0.0, 2.0, size=y.size)
+    module = LengthRegressor(head={"input_dim": 4, "num_hidden_layers": 1, "hidden_dim": 4})
+    logged: dict[str, float] = {}
+    module.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
+    for sl in np.array_split(np.arange(y.size), 8):  # 8 validation batches, float32 like the loader
+        z = torch.tensor(pred[sl], dtype=torch.float32)
+        module.forward = lambda batch, z=z: z
+        module.validation_step({"target": torch.tensor(y[sl], dtype=torch.float32)}, 0)
+    module.on_validation_epoch_end()
+    p32 = pred.astype(np.float32).astype(np.float64)  # what the head's float32 output holds
+    want_r2 = 1 - np.sum((y - p32) ** 2) / np.sum((y - y.mean()) ** 2)
+    assert logged["val/r2"] == pytest.approx(want_r2, abs=1e-9)
+    assert logged["val/mae"] == pytest.approx(np.mean(np.abs(y - p32)), abs=1e-9)
+    assert logged["val/loss"] == pytest.approx(np.mean((y - p32) ** 2), rel=1e-5)  # loss itself is float32
+    assert 0.3 < logged["val/r2"] < 0.9

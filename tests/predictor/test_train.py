@@ -39,6 +39,8 @@ def test_train_end_to_end_writes_metrics_checkpoint_and_plots(compose_cfg, tmp_p
     # every row is embedded once or served from the cache (duplicate texts across generators)
     emb = m["embedding"]
     assert emb["num_texts"] + emb["cache_hits"] == sum(m["subset"]["rows"].values())
+    # Answers of up to 406 words at max_length=64: the truncation count is reported.
+    assert 0 < on_disk["embedding"]["num_truncated"] <= emb["num_texts"]
     assert (model_dir / "plots" / "test_mae_per_step.png").is_file()
     assert "| step |" in (model_dir / "per_step.md").read_text()
 
@@ -47,6 +49,16 @@ def test_train_end_to_end_writes_metrics_checkpoint_and_plots(compose_cfg, tmp_p
     assert isinstance(pred, LengthPredictor)
     out = pred.predict_remaining([PredictionQuery("Question 1: explain", "", 0)])
     assert out.shape == (1,) and np.isfinite(out).all()
+
+    # A run that predicts with it records the encoder's counters (num_truncated) too.
+    from elis.experiments.run import run as run_experiment
+
+    rcfg = compose_cfg("run_experiment", ["data.name=tiny", "predictor=minilm", "num_requests=6",
+                                          "plots=false", "workload.rate_rps=2.0", "max_tokens=400"])
+    run_experiment(rcfg)
+    served = json.loads((Path(rcfg.paths.output_dir) / "metrics.json").read_text())["embedding"]
+    assert 0 < served["num_truncated"] <= served["num_texts"]
+    assert served["cache_key"] == emb["cache_key"]
 
     # Evaluate the saved checkpoint without training (train=false).
     ev = run(compose_cfg("train", train_overrides(tiny_bert_dir, "train=false",

@@ -34,6 +34,20 @@ def make_schedulers(policy="fcfs", n=1, *, prediction=None, **kw):
     return [Scheduler(w, pol, predictor=prediction, **kw) for w in range(n)]
 
 
+class ScriptedPredictor:
+    """A ``PredictionSource`` with hand-set values: ``first[id]`` at 0 generated tokens,
+    ``later[id]`` afterwards; charges ``latency_s`` per call (hand-computed schedules)."""
+
+    def __init__(self, first: dict[str, float], later: dict[str, float] | None = None, latency_s: float = 0.0):
+        self.first, self.later, self.latency_s = first, later or first, latency_s
+        self.calls: list[list[tuple[str, int]]] = []
+
+    def predict(self, requests):
+        self.calls.append([(r.request_id, r.num_generated_tokens) for r in requests])
+        vals = [(self.first if r.num_generated_tokens == 0 else self.later)[r.request_id] for r in requests]
+        return np.asarray(vals, dtype=np.float64), self.latency_s
+
+
 def simulate(table, schedulers, cost_model=UNIT_STEP, lb=None, prediction=None, trace=False):
     sim = Simulator(table, schedulers, cost_model, lb or RoundRobin(), prediction)
     if trace:

@@ -234,3 +234,84 @@ def _wait(cond, timeout_s: float = 20.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached")
         time.sleep(0.02)
+
+
+def test_remote_worker_through_our_backend_server_resumes_exactly(model_tok):
+    """client → gateway (worker=remote, W=5) → HTTP → backend gateway (transformers worker).
+    Each window is one /v1/completions with a token-id prompt; the tokens equal the engine's.
+    A request the backend rejects (its context is 512, the front believes 10000) fails alone."""
+    from elis.serving.load_balancer import RoundRobin
+    from elis.serving.runtime import Runtime, build_schedulers
+    from elis.serving.wallclock import LocalWorkerHandle
+    from elis.serving.workers.remote import RemoteOpenAIWorker
+
+    model, tok = model_tok
+    prompts = [("alpha", 17), ("beta gamma", 9), ("x", 31), ("delta 123", 14)]
+    refs = {p: reference(model, tok, p, n) for p, n in prompts}
+    with Served(hf_runtime(model, tok, max_batch_size=4, window_tokens=50)) as backend:
+        workers = [RemoteOpenAIWorker(w, backend.url, "tiny", tok, max_context_tokens=10_000) for w in range(2)]
+        handles = [LocalWorkerHandle(w) for w in workers]
+        scheds = build_schedulers({"policy": "isrtf", "mode": "windowed"}, 2, 2, W, None,
+                                  _service(), None, 10_000)
+        rt = Runtime(scheds, RoundRobin(), handles, _service(), tok, 10_000)
+        with Served(rt) as front:
+            c = front.client()
+            with cf.ThreadPoolExecutor(5) as ex:
+                futs = {p: ex.submit(lambda p=p, n=n: c.completions.create(model="tiny", prompt=p, max_tokens=n))
+                        for p, n in prompts}
+                bad = ex.submit(lambda: c.completions.create(model="tiny", prompt="y" * 600, max_tokens=5))
+                got = {p: f.result() for p, f in futs.items()}
+                import openai
+
+                with pytest.raises(openai.InternalServerError, match="512"):
+                    bad.result()
+            streamed = "".join(ch.choices[0].text for ch in c.completions.create(
+                model="tiny", prompt="x", max_tokens=31, stream=True))
+        for w in workers:
+            w.close()
+    for p, _ in prompts:
+        assert got[p].choices[0].text == refs[p][1]
+        assert got[p].usage.completion_tokens == len(refs[p][0])
+    assert streamed == refs["x"][1]
+    # one HTTP request per window: ceil(L/W) when max_tokens ends it, L//W + 1 when EOS does
+    windows = {p: -(-len(refs[p][0]) // W) if len(refs[p][0]) == n else len(refs[p][0]) // W + 1 for p, n in prompts}
+    assert sum(w.stats.num_http_requests for w in workers) == sum(windows.values()) + windows["x"] + 1
+    assert all(front.gw.loop.runner.alive)  # the rejected request did not take a worker down
+
+
+def _service():
+    from elis.serving.prediction import PredictionService
+
+    return PredictionService(_prompt_len(), None, latency_source="measured", window_tokens=W)
+
+
+def test_serve_config_composes_and_builds_a_gateway_over_remote_servers(model_tok, served, compose_cfg, tmp_path):
+    """``conf/serve.yaml`` + ``worker=remote`` (URL = the test backend) + ``sched=isrtf`` with the
+    prompt-length predictor: the composition root builds runtime and gateway; a request runs."""
+    from elis.serving.gateway import build_gateway, gateway_config
+    from elis.serving.runtime import SCHED_KEYS, _HANDLES, build_prediction_service, build_runtime
+
+    model, tok = model_tok
+    tok.save_pretrained(tmp_path / "tok")
+    cfg = compose_cfg("serve", ["worker=remote", f"worker.urls=[{served.url}]", "worker.model_name=tiny",
+                                f"worker.tokenizer={tmp_path / 'tok'}", "sched=isrtf", "predictor=prompt_length",
+                                "window_tokens=4", "load_balancer=least_predicted_tokens"])
+    sched = {k: v for k, v in cfg.sched.items() if k in SCHED_KEYS}
+    rt = build_runtime(cfg, sched, build_prediction_service(cfg, None, latency_source="measured"), None)
+    try:
+        assert rt.max_context_tokens == 512  # asked from the backend's /v1/models
+        gw, app = build_gateway(rt, gateway_config(cfg, rt))
+        assert gw.config.model_name == "tiny"
+        with ServerThread(app) as front:
+            import openai
+
+            c = openai.OpenAI(base_url=front.url + "/v1", api_key="none", max_retries=0)
+            r = c.completions.create(model="tiny", prompt="beta gamma", max_tokens=9)
+        gw.loop.close()
+        assert r.choices[0].text == reference(model, tok, "beta gamma", 9)[1]
+        # the arrival prediction is the load balancer's; isrtf re-predicts at the 4- and 8-token boundaries
+        assert rt.schedulers[0].num_predictions == 2
+    finally:
+        for h in rt.handles:
+            h.worker.close()
+        _HANDLES.clear()

@@ -69,9 +69,10 @@ def test_aging_sort_key_orders_like_effective_key():
 
 
 def _long_vs_stream(aging):
-    # A (50 tokens) at t=0.5 against a stream of 1-token jobs arriving every second from t=0.
+    # A (50 tokens) at t=0.5 against a stream of 1-token jobs (2 steps with EOS) arriving every
+    # 2 seconds from t=0: the worker is always busy with them.
     lengths = [1] * 200 + [50]
-    arrivals = [float(i) for i in range(200)] + [0.5]
+    arrivals = [2.0 * i for i in range(200)] + [0.5]
     order = sorted(range(201), key=lambda i: arrivals[i])
     ids = [f"s{i:03d}" for i in range(200)] + ["A"]
     table = make_table([lengths[i] for i in order], [arrivals[i] for i in order], ids=[ids[i] for i in order],
@@ -82,10 +83,10 @@ def _long_vs_stream(aging):
 
 
 def test_aging_bounds_starvation():
-    # Without aging A starts only when the stream ends (t=200). With alpha=1 token/s, A's key
-    # 50 + 0.5 beats every short job arriving after t=49.5 (1 + i): A starts at t=50, inside the
+    # Without aging A starts only when the stream ends (t=400). With alpha=1 token/s, A's key
+    # 50 + 0.5 beats every short job arriving after t=49.5 (1 + t): A starts at t=50, inside the
     # documented bound a + K/alpha = 0.5 + 100.
-    assert _long_vs_stream(0.0)["window_start_s"][0] == 200.0
+    assert _long_vs_stream(0.0)["window_start_s"][0] == 400.0
     a = _long_vs_stream(1.0)
     assert a["window_start_s"][0] == 50.0
     assert a["window_start_s"][0] <= 0.5 + 100 / 1.0

@@ -16,17 +16,17 @@ from serving_factories import make_schedulers, make_table, simulate
 CM = CostModel(prefill_per_token_s=0.1, decode_base_s=1.0)
 
 
-@pytest.mark.parametrize("capacity, jct_a, recomputed, drops", [(None, 13.0, 0, 0), (12, 13.2, 2, 1)])
+@pytest.mark.parametrize("capacity, jct_a, recomputed, drops", [(None, 15.0, 0, 0), (12, 15.2, 2, 1)])
 def test_preemption_keeps_or_drops_kv(capacity, jct_a, recomputed, drops):
     # A (10 tok, prompt 1) t=0: prefill 0.1 + 1 step -> 1.1. B (2 tok, prompt 9, t=0.5) preempts A
-    # at 1.1: prefill 0.9 + 2 steps -> 4.0 (JCT 3.5). A resumes at 4.0 for 9 steps -> 13.0 with its
-    # KV kept. Capacity 12: B's 2nd window reserves 9+1+1 = 11, plus A's cached 2 = 13 > 12 -> A's KV
-    # is dropped and re-prefilled at resume (prompt 1 + generated 1 = 2 tokens, 0.2 s).
+    # at 1.1: prefill 0.9 + 2 steps + EOS step -> 5.0 (JCT 4.5). A resumes at 5.0 for 9 steps + EOS
+    # -> 15.0 with its KV kept. Capacity 12: B's 2nd window reserves 9+1+1 = 11, plus A's cached 2
+    # = 13 > 12 -> A's KV is dropped and re-prefilled at resume (prompt 1 + generated 1 = 2 tokens, 0.2 s).
     table = make_table([10, 2], [0.0, 0.5], ids=["A", "B"], num_prompt_tokens=[1, 9])
     scheds = make_schedulers("srtf_oracle", window_tokens=1, kv_capacity_tokens=capacity)
     res, _ = simulate(table, scheds, cost_model=CM)
     rec = res.records.set_index("request_id")
-    assert rec.loc["B", "jct_s"] == pytest.approx(3.5)
+    assert rec.loc["B", "jct_s"] == pytest.approx(4.5)
     assert rec.loc["A", "jct_s"] == pytest.approx(jct_a)
     assert rec.loc["A", "num_preemptions"] == 1
     assert rec.loc["A", "num_recomputed_tokens"] == recomputed
@@ -54,7 +54,7 @@ def test_request_larger_than_kv_capacity_fails_with_reason():
 def test_no_preemption_keeps_running_request():
     res, _ = simulate(make_table([100, 10], [0.0, 0.1], ids=["A", "B"]),
                       make_schedulers("srtf_oracle", preemption=False))
-    assert dict(zip(res.records["request_id"], res.records["jct_s"])) == pytest.approx({"A": 100.0, "B": 109.9})
+    assert dict(zip(res.records["request_id"], res.records["jct_s"])) == pytest.approx({"A": 101.0, "B": 111.9})
 
 
 @pytest.mark.parametrize("lb_cls", [RoundRobin, LeastRequests, LeastPredictedTokens])

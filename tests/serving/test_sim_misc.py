@@ -58,15 +58,16 @@ def test_precomputed_predictions_equal_online_ones():
 
 
 def test_predictor_latency_is_charged_to_simulated_time():
-    # isrtf, W=1, 2 tokens: predictions at arrival (g=0) and at g=1, each call 0.5 s (1 query).
+    # isrtf, W=1, 2 tokens + EOS: predictions at arrival (g=0), at g=1 and at g=2 (before the
+    # EOS-only window), each call 0.5 s (1 query).
     cm = CostModel(decode_base_s=1.0, predictor_base_s=0.25, predictor_per_query_s=0.25)
     pred = PredictionService(OraclePredictor(), cm, window_tokens=1)
     res, _ = simulate(make_table([2], ids=["A"]), make_schedulers("isrtf", prediction=pred), cost_model=cm,
                       prediction=pred)
-    assert res.records["jct_s"].iloc[0] == pytest.approx(0.5 + 1 + 0.5 + 1)
-    assert res.counters["predictor_overhead_s"] == pytest.approx(1.0)
-    assert list(res.records["predicted_remaining_tokens"].iloc[0]) == [2.0, 1.0]
-    assert list(res.records["true_remaining_tokens"].iloc[0]) == [2, 1]
+    assert res.records["jct_s"].iloc[0] == pytest.approx(0.5 + 1 + 0.5 + 1 + 0.5 + 1)
+    assert res.counters["predictor_overhead_s"] == pytest.approx(1.5)
+    assert list(res.records["predicted_remaining_tokens"].iloc[0]) == [2.0, 1.0, 0.0]
+    assert list(res.records["true_remaining_tokens"].iloc[0]) == [2, 1, 0]
 
 
 def _records():
@@ -97,12 +98,14 @@ def test_invariants_pass_on_a_clean_run_and_catch_violations():
 
 
 def test_summary_hand_values():
-    rec = _records()  # FCFS, all at t=0, ties by id: a 0..3, b 3..8, c (0 tokens) done at 8
+    # FCFS, W=2, all at t=0, ties by id, each + one EOS step: a 0..4, b 4..10, c (0 tokens) 10..11
+    rec = _records()
     m = summarize(rec, bucket_edges=(1.0, 4.0))
-    assert m["jct_mean_s"] == pytest.approx((3 + 8 + 8) / 3)
-    assert m["num_finished"] == 3 and m["num_failed"] == 0
-    assert m["queuing_delay_mean_s"] == pytest.approx((0 + 3 + 8) / 3)
-    assert m["max_wait_s"] == 8.0
-    assert m["tpot_mean_s"] == pytest.approx(1.0)
-    assert m["jct_mean_s_short"] == 8.0 and m["jct_mean_s_medium"] == 3.0 and m["jct_mean_s_long"] == 8.0
-    assert m["output_throughput_tok_s"] == pytest.approx(8 / 8)
+    assert m["jct_mean_s"] == pytest.approx((4 + 10 + 11) / 3)
+    assert m["num_finished"] == 3 and m["num_failed"] == 0 and m["fail_reasons"] == {}
+    assert m["queuing_delay_mean_s"] == pytest.approx((0 + 4 + 10) / 3)
+    assert m["max_wait_s"] == 10.0
+    assert m["tpot_mean_s"] == pytest.approx(1.0)  # a: (4-1)/3, b: (10-5)/5
+    assert m["num_tpot_undefined"] == 1 and m["num_ttft_undefined"] == 1  # c
+    assert m["jct_mean_s_short"] == 11.0 and m["jct_mean_s_medium"] == 4.0 and m["jct_mean_s_long"] == 10.0
+    assert m["output_throughput_tok_s"] == pytest.approx(8 / 11)

@@ -26,6 +26,7 @@ DROP_REASONS: tuple[str, ...] = (
     "duplicate_sample",      # same (source, prompt_id, generator) seen before
     "no_reply_turn",         # a conversation without a user turn followed by an assistant turn
     "filtered_language",     # excluded by a configured language filter (lmsys_chat)
+    "bad_served_tokens",     # served token ids/count malformed, negative or disagreeing
 )
 
 

@@ -23,6 +23,11 @@ class JsonlSource:
             prompt text (first 16 hex digits).
         default_generator: generator name when ``generator_field`` is None.
         name: the ``source`` value written in every row.
+        num_output_tokens_field: field with the generator's own count of the tokens it
+            served (EOS excluded); when set and present it is the label instead of the count
+            of re-encoded response text (``elis/data/embedded``: ``num_output_tokens``).
+        output_token_ids_field: field with the served token ids themselves; when present
+            they are the label and the iterative samples' prefixes.
 
     A row missing a configured field is counted as ``missing_field``; other bad rows as in
     ``elis.data.sources.rows.validated_pair``.
@@ -40,6 +45,8 @@ class JsonlSource:
         prompt_id_field: str | None = "prompt_id",
         default_generator: str | None = None,
         name: str = "jsonl",
+        num_output_tokens_field: str | None = None,
+        output_token_ids_field: str | None = None,
     ) -> None:
         if generator_field is None and not default_generator:
             raise SourceError("jsonl source: set generator_field or default_generator")
@@ -50,6 +57,8 @@ class JsonlSource:
         self.prompt_id_field = prompt_id_field
         self.default_generator = default_generator
         self.name = name
+        self.num_output_tokens_field = num_output_tokens_field
+        self.output_token_ids_field = output_token_ids_field
 
     def files(self) -> list[Path]:
         return resolve_files(self.paths)
@@ -72,6 +81,9 @@ class JsonlSource:
                     source=self.name,
                     drops=drops,
                     where=where,
+                    # what the generator served, when the file records it (else: re-encoded)
+                    served_token_ids=row.get(self.output_token_ids_field) if self.output_token_ids_field else None,
+                    num_served_tokens=row.get(self.num_output_tokens_field) if self.num_output_tokens_field else None,
                 )
                 if pair is not None:
                     yield pair
@@ -86,5 +98,7 @@ class JsonlSource:
                 "response": self.response_field,
                 "generator": self.generator_field,
                 "prompt_id": self.prompt_id_field,
+                "num_output_tokens": self.num_output_tokens_field,
+                "output_token_ids": self.output_token_ids_field,
             },
         }

@@ -77,6 +77,8 @@ def validated_pair(
     source: str,
     drops: DropReport,
     where: str,
+    served_token_ids: object = None,
+    num_served_tokens: object = None,
 ) -> RawPair | None:
     """Build a ``RawPair`` or count why the row cannot be used (and return None).
 
@@ -84,6 +86,8 @@ def validated_pair(
     ``prompt_id`` may be ``str`` or ``int`` (converted to str); None for ``prompt_id`` means
     "derive it": the sha1 of the prompt text. Empty or whitespace-only prompt/response →
     ``empty_prompt`` / ``empty_response``. Texts are kept unchanged (no stripping).
+    ``served_token_ids`` (a list of ints >= 0) and ``num_served_tokens`` (an int >= 0) are
+    optional; a malformed one, or both given and disagreeing, is ``bad_served_tokens``.
     """
     for field_name, value in (("prompt", prompt), ("response", response), ("generator", generator)):
         if not isinstance(value, str):
@@ -101,8 +105,26 @@ def validated_pair(
     if not generator.strip():
         drops.add("missing_field", f"{where} field=generator (empty)")
         return None
+    ids = None
+    if served_token_ids is not None:
+        if not isinstance(served_token_ids, (list, tuple)) or not all(
+            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in served_token_ids
+        ):
+            drops.add("bad_served_tokens", f"{where} field=served token ids (not a list of ints >= 0)")
+            return None
+        ids = tuple(served_token_ids)
+    count = None
+    if num_served_tokens is not None:
+        if isinstance(num_served_tokens, bool) or not isinstance(num_served_tokens, int) or num_served_tokens < 0:
+            drops.add("bad_served_tokens", f"{where} field=served token count {num_served_tokens!r}")
+            return None
+        count = int(num_served_tokens)
+    if ids is not None and count is not None and len(ids) != count:
+        drops.add("bad_served_tokens", f"{where} {len(ids)} served ids but count {count}")
+        return None
     pid = stable_text_id(prompt) if prompt_id is None else str(prompt_id)
-    return RawPair(prompt_id=pid, prompt=prompt, response=response, generator=generator, source=source)
+    return RawPair(prompt_id=pid, prompt=prompt, response=response, generator=generator, source=source,
+                   served_token_ids=ids, num_served_tokens=count)
 
 
 def resolve_files(paths: str | Path | list, patterns: tuple[str, ...] = ("*.jsonl", "*.jsonl.gz")) -> list[Path]:

@@ -13,6 +13,10 @@ Execution semantics a worker must honour:
   after ``max_new_tokens`` tokens ('length' if that reaches the request's ``max_tokens``,
   otherwise it merely reached its window boundary and is NOT finished) or when it emits EOS
   ('eos', finished). A max_tokens cap reached exactly at the boundary is finished 'length'.
+- EOS (every backend, ``elis.serving.metrics``): the EOS step is a decode step of the window
+  (it uses one unit of ``max_new_tokens``) but the EOS token is NOT reported as a token
+  (``num_new_tokens``/``new_token_ids`` exclude it); ``end_s`` is the end of the EOS step. A
+  window may therefore report 0 tokens, finished 'eos' (content ended at the last boundary).
 - ``stop_on_first=False`` (windowed mode, the paper): the batch runs until every item has
   stopped; slots of items that stopped early stay idle until the window ends.
 - ``stop_on_first=True`` (continuous mode): the worker returns after the first decode step

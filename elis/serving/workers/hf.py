@@ -243,11 +243,11 @@ class HFWindowEngine:
     def cancel(self, request_id: str, reason: str = "aborted") -> None:
         """Abort ``request_id`` (thread-safe): in the window running now it leaves the batch at
         the next decode step (reported with ``finish_reason='abort'``); its kept KV is dropped.
-        A cancel for a request not in a window is forgotten by ``forget_cancel``."""
+        ``clear_cancels`` forgets them (``HFWorker`` does after each window)."""
         self._cancelled[request_id] = reason
 
-    def forget_cancel(self, request_id: str) -> None:
-        self._cancelled.pop(request_id, None)
+    def clear_cancels(self) -> None:
+        self._cancelled.clear()
 
     def check_item(self, item: WindowItem) -> str | None:
         """Why this engine cannot run ``item`` (None when it can): empty context without a BOS
@@ -733,7 +733,7 @@ class HFWorker:
         """
         from elis.serving.workers.base import WindowResult
 
-        t0 = time.perf_counter()
+        t0 = self.engine.clock()  # token times are on the engine's clock
         run_idx: list[int] = []
         items: list[WindowItem] = []
         errors: dict[int, str] = {}
@@ -790,8 +790,9 @@ class HFWorker:
                 first_token_time_s=times[0] if times else None,
                 token_times_s=times,
             ))
-        for wi in items:
-            self.engine.forget_cancel(wi.request_id)
+        # cancels are consumed by this window; one that arrived after it ended is stale (the
+        # runner only cancels requests in flight, and this worker runs one window at a time)
+        self.engine.clear_cancels()
         st = self.stats
         st.num_windows += 1
         st.num_tokens += sum(len(o.new_token_ids) for o in outs)
@@ -799,7 +800,7 @@ class HFWorker:
         st.scheduler_prefill_tokens += batch.num_prefill_tokens
         st.prefill_time_s += timing.prefill_time_s
         st.decode_time_s += sum(timing.decode_step_times_s)
-        st.busy_time_s += time.perf_counter() - t0
+        st.busy_time_s += self.engine.clock() - t0
         return results
 
 
