@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup run test test-all bench clean
+.PHONY: setup run test test-all bench bench-scale clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,12 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m elis.serving.bench
+
+# 1M requests x 50 workers, windowed ISRTF, noisy oracle, A100 profile; then the continuous figure.
+# The last line of each run: requests=... workers=... wall_s=... cpu_s=... peak_rss_mib=...
+bench-scale: $(STAMP)
+	$(PY) -m elis.serving.bench_scale --mode continuous
+	$(PY) -m elis.serving.bench_scale --mode windowed
 
 clean:
 	rm -rf $(VENV) outputs multirun

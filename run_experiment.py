@@ -8,13 +8,15 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from elis.cli import precheck, prepare_environment, run_entry
 from elis.config import register_resolvers
 
+prepare_environment()
 register_resolvers()
 
 
-@hydra.main(config_path="conf", config_name="run_experiment", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def task(cfg: DictConfig) -> dict:
+    from elis.cli import UserError
     from elis.experiments.report import no_completion_message, summary_line
     from elis.experiments.run import run
 
@@ -24,8 +26,15 @@ def main(cfg: DictConfig) -> None:
         print(summary_line(name, m))
     msg = no_completion_message(results)
     if msg:  # by design: a run whose numbers are all undefined must not look like a success
-        raise SystemExit(f"run_experiment: error: {msg}")
+        raise UserError(msg)
+    return results
+
+
+@hydra.main(config_path="conf", config_name="run_experiment", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_entry(task, cfg, "run_experiment")
 
 
 if __name__ == "__main__":
+    precheck("run_experiment")
     main()

@@ -82,7 +82,7 @@ def read_pairs(
     Raises:
         ValueError: unknown names in ``generators`` (lists the valid ones).
     """
-    from tqdm.auto import tqdm
+    from elis.progress import progress
 
     cols: dict[str, list] = {k: [] for k in ("sample_id", "prompt_id", "prompt", "response", "generator", "source",
                                              "served_token_ids", "num_served_tokens")}
@@ -90,7 +90,7 @@ def read_pairs(
     wanted = None if generators is None else set(generators)
     all_generators: set[str] = set()
     filters = Counter()
-    for pair in tqdm(source.iter_pairs(drops), desc=f"read {source.name}", unit=" pairs", mininterval=2.0):
+    for pair in progress(source.iter_pairs(drops), desc=f"read {source.name}", unit="pairs", mininterval=2.0):
         sid = f"{pair.source}/{pair.prompt_id}/{pair.generator}"
         if sid in seen:
             drops.add("duplicate_sample", sid)

@@ -299,9 +299,9 @@ def answer_prompts(
     waiting = list(prompts)[::-1]  # pop() takes the next prompt in order
     running: dict[str, dict] = {}
     try:
-        from tqdm.auto import tqdm
+        from elis.progress import progress
 
-        bar = tqdm(total=len(prompts), desc=f"answering with {generator}", unit="answer")
+        bar = progress(total=len(prompts), desc=f"answering with {generator}", unit="answer")
     except ImportError:  # pragma: no cover
         bar = None
     while waiting or running:

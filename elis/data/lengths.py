@@ -82,7 +82,12 @@ def load_label_tokenizer(
     from transformers import AutoTokenizer
 
     if gguf_package is None:
-        tok = AutoTokenizer.from_pretrained(name_or_path)
+        try:
+            tok = AutoTokenizer.from_pretrained(name_or_path)
+        except OSError as err:
+            from elis.cli import model_unavailable
+
+            raise model_unavailable("data.label_tokenizer.name_or_path", name_or_path, err) from err
         return LabelTokenizer(tok, name_or_path, f"from_pretrained({name_or_path})", _fingerprint(tok))
     if not gguf_file:
         raise ValueError("label_tokenizer.gguf_file must be set when label_tokenizer.gguf_package is")

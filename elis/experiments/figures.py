@@ -243,14 +243,19 @@ def jct_figure(sweep_dir: str | Path, png: str | Path, md: str | Path | None = N
     for row, (d, label, title) in enumerate(runs):
         sweep = load_sweep(d)
         pred = _run_predictor(d)
+        # x: the REALISED offered rate when recorded (issue 12 item 7), else the requested one
+        realised = label == "rate_rps" and "offered_rate_rps" in sweep and sweep["offered_rate_rps"].notna().all()
+        x_col = "offered_rate_rps" if realised else "rate"
         for name, g in sweep.groupby("name", sort=False):
             first = g.iloc[0]
             style = {"color": POLICY_COLORS.get(first["policy"]),
                      "linestyle": "-" if first["mode"] == "windowed" else "--"}
+            g = g.sort_values(x_col)
             for ax, metric in zip(axes[row], ("jct_mean_s", "queuing_delay_mean_s")):
-                ax.plot(g["rate"], g[metric].astype(float), marker="o", label=name, **style)
+                ax.plot(g[x_col].astype(float), g[metric].astype(float), marker="o", label=name, **style)
         for ax, ylab in zip(axes[row], ("mean JCT (s)", "mean queuing delay (s)")):
-            ax.set_xlabel("request rate (req/s)" if label == "rate_rps" else "trace time_scale (load factor)")
+            ax.set_xlabel(("realised offered rate (req/s)" if realised else "request rate (req/s)")
+                          if label == "rate_rps" else "trace time_scale (load factor)")
             ax.set_ylabel(ylab)
             ax.grid(alpha=0.3)
             ax.set_title(f"{title}; predictor {pred}", fontsize=9)
@@ -314,7 +319,7 @@ def scalability_figure(rows_json: str | Path, png: str | Path, md: str | Path | 
 def starvation_table(run_dir: str | Path) -> pd.DataFrame:
     """Per variant: mean JCT overall and per true-length tercile, p99 JCT of the long tercile,
     max waiting time, p99 queuing, preemptions; plus aging/promotion settings from variant.json."""
-    df = load_variants(run_dir)
+    df = load_variants(run_dir).drop(columns=["aging_tokens_per_s", "promote_after_s", "promote_by"], errors="ignore")
     extra = []
     for _, r in df.iterrows():
         m = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())

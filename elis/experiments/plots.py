@@ -31,7 +31,8 @@ def _plt():
     return plt
 
 
-POLICY_COLORS = {"fcfs": "tab:blue", "sjf": "tab:orange", "isrtf": "tab:green", "srtf_oracle": "tab:red"}
+POLICY_COLORS = {"fcfs": "tab:blue", "sjf": "tab:orange", "isrtf": "tab:green", "srtf_oracle": "tab:red",
+                 "las": "tab:purple", "mlfq": "tab:brown", "gittins": "tab:olive"}
 
 
 def _style(row) -> dict:
@@ -110,12 +111,16 @@ def plot_jct_vs_rate(run_dir: str | Path, path: str | Path) -> Path:
     plt = _plt()
     df = load_sweep(run_dir)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    # the REALISED offered rate when the runs recorded it (issue 12 item 7), else the requested one
+    realised = "offered_rate_rps" in df and df["offered_rate_rps"].notna().all()
+    x_col = "offered_rate_rps" if realised else "rate"
     for name, g in df.groupby("name", sort=True):
         style = _style(g.iloc[0])
-        axes[0].plot(g["rate"], g["jct_mean_s"].astype(float), marker="o", label=name, **style)
-        axes[1].plot(g["rate"], g["jct_p99_s"].astype(float), marker="o", label=name, **style)
+        g = g.sort_values(x_col)
+        axes[0].plot(g[x_col].astype(float), g["jct_mean_s"].astype(float), marker="o", label=name, **style)
+        axes[1].plot(g[x_col].astype(float), g["jct_p99_s"].astype(float), marker="o", label=name, **style)
     for ax, t in zip(axes, ("mean JCT (s)", "p99 JCT (s)")):
-        ax.set_xlabel("request rate (req/s, or trace time_scale)")
+        ax.set_xlabel("realised offered rate (req/s)" if realised else "request rate (req/s, or trace time_scale)")
         ax.set_ylabel(t)
         ax.set_yscale("log")
         ax.grid(alpha=0.3)

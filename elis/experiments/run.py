@@ -11,6 +11,8 @@ Run directory (``paths.output_dir``)::
 
     config.yaml  workload.parquet  [requests.parquet metrics.json]           single run
     variants/<name>/{requests.parquet, metrics.json, variant.json}            preset=compare
+    seeds/<seed>/{workload.parquet, variants/..., comparison.md}              compare.seeds=[...]
+    comparison.{md,csv} (with seeds)                                         mean ± 95% CI over seeds
     rates/<rate>/variants/<name>/...                                          sweep.rates_rps
     comparison.md  comparison.csv  plots/*.png                                compare / sweep
 
@@ -173,12 +175,12 @@ def resolve_max_tokens(cfg: DictConfig) -> int:
 
 
 def warn_if_overloaded(wl: pd.DataFrame, cost_model: CostModel, max_batch_size: int,
-                       num_workers: int) -> float | None:
+                       num_workers: int, max_tokens: int | None = None) -> float | None:
     """Log a warning when the offered load exceeds the capacity the cost model implies.
 
     Offered rate = (N − 1) / (last − first arrival); capacity from
-    ``estimate_capacity_rps`` with the workload's mean prompt and output tokens, times the
-    number of workers. Above it the queue grows for the whole run and JCT reflects run length
+    ``estimate_capacity_rps`` with the workload's mean prompt and output tokens (each output
+    capped at ``max_tokens``, what is actually generated), times the number of workers. Above it the queue grows for the whole run and JCT reflects run length
     more than scheduling. Returns the offered load as a fraction of capacity (None for < 2 requests).
     """
     from elis.serving.cost_model import estimate_capacity_rps
@@ -187,9 +189,9 @@ def warn_if_overloaded(wl: pd.DataFrame, cost_model: CostModel, max_batch_size: 
     if len(t) < 2 or t[-1] <= t[0]:
         return None
     offered = (len(t) - 1) / (t[-1] - t[0])
+    out_tokens = wl["num_output_tokens"].clip(upper=max_tokens) if max_tokens else wl["num_output_tokens"]
     capacity = num_workers * estimate_capacity_rps(
-        cost_model, float(wl["num_prompt_tokens"].mean()), float(wl["num_output_tokens"].mean()),
-        max_batch_size,
+        cost_model, float(wl["num_prompt_tokens"].mean()), float(out_tokens.mean()), max_batch_size,
     )
     load = offered / capacity
     msg = "offered load %.3f req/s = %.2f x the estimated capacity %.3f req/s (cost model %s, %d worker(s))"
@@ -199,6 +201,43 @@ def warn_if_overloaded(wl: pd.DataFrame, cost_model: CostModel, max_batch_size: 
     else:
         log.info(msg, offered, load, capacity, cost_model.name, num_workers)
     return load
+
+
+def workload_stats(wl: pd.DataFrame, cfg: DictConfig, load_fraction: float | None) -> dict:
+    """The requested and the REALISED offered load of a workload (issue 12 item 7).
+
+    ``offered_rate_rps`` = (N − 1) / (last − first arrival) — what the seeded arrivals actually
+    offer (e.g. 12–60 Gamma arrivals at 0.2 req/s realise 0.28–0.30 with seed 0);
+    ``requested_rate_rps`` = ``workload.rate_rps`` (None for trace replay, whose
+    ``time_scale`` is reported instead); ``offered_load_fraction`` = realised rate / the cost
+    model's estimated capacity (``warn_if_overloaded``).
+    """
+    t = wl["arrival_time_s"].to_numpy(dtype=np.float64)
+    span = float(t[-1] - t[0]) if len(t) >= 2 else 0.0
+    w = cfg.workload
+    return {
+        "seed": int(cfg.seed),
+        "requested_rate_rps": float(w.rate_rps) if w.get("kind") != "trace" and w.get("rate_rps") is not None else None,
+        "trace_time_scale": float(w.time_scale) if w.get("kind") == "trace" else None,
+        "offered_rate_rps": (len(t) - 1) / span if span > 0 else None,
+        "offered_load_fraction": load_fraction,
+    }
+
+
+def seeds_of(cfg: DictConfig) -> list[int | None]:
+    """``compare.seeds`` (each seed re-draws arrivals, requests and predictor noise), else [None].
+
+    Raises:
+        ValueError: an empty list or duplicated seeds.
+    """
+    comp = cfg.get("compare")
+    seeds = comp.get("seeds") if comp else None
+    if seeds is None:
+        return [None]
+    seeds = [int(x) for x in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"compare.seeds must be a non-empty list of distinct integers, got {seeds}")
+    return seeds
 
 
 # ---------------------------------------------------------------------- one variant
@@ -224,6 +263,7 @@ def run_variant(cfg: DictConfig, sched: dict, table: RequestTable, prediction, c
         record_intervals=bool(cfg.record_intervals),
         reveal_text=prediction is not None and prediction.reads_text and not _precompute(cfg, prediction),
         max_context_tokens=cfg.worker.get("max_context_tokens"),
+        path=str(cfg.worker.get("sim_path", "auto")),
     )
     res.records.to_parquet(out_dir / "requests.parquet", index=False)
     metrics = summarize(res.records)
@@ -250,6 +290,82 @@ def _precompute(cfg: DictConfig, prediction: PredictionService | None) -> bool:
 
 
 # ---------------------------------------------------------------------- entry
+SIZE_KEYS = ("num_requests", "max_tokens", "max_batch_size", "window_tokens", "num_workers")
+ARTEFACT_KEYS = ("ckpt_path", "model_path", "path")
+
+
+def validate_sizes(cfg: DictConfig) -> None:
+    """Each of ``SIZE_KEYS`` must be an integer ≥ 1.
+
+    Raises:
+        UserError: naming the key and its value (``num_requests=0``, ``max_tokens=None``).
+    """
+    from elis.cli import UserError
+
+    for key in SIZE_KEYS:
+        v = cfg.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UserError(f"{key}={v!r} is not allowed: {key} must be an integer >= 1")
+
+
+def choose_predictor(candidates: list[tuple[str, Path | None]], fallback: str) -> tuple[str, str]:
+    """``(name, reason)``: the first candidate whose artefact file exists, else ``fallback``."""
+    for name, artefact in candidates:
+        if artefact is not None and Path(artefact).is_file():
+            return name, f"its trained artefact {artefact} exists"
+    looked = ", ".join(str(a) for _, a in candidates if a is not None) or "nothing"
+    return fallback, f"no trained predictor for this data (looked for {looked})"
+
+
+def _artefact_of(cfg: DictConfig) -> Path | None:
+    """The file whose existence means ``cfg.predictor`` is trained (None: nothing to look for)."""
+    rt = cfg.predictor.get("runtime") or {}
+    for k in ARTEFACT_KEYS:
+        if rt.get(k):
+            return Path(str(rt.get(k)))
+    if rt.get("model_dir"):  # folder artefacts (gbdt): their metadata file
+        return Path(str(rt.get("model_dir"))) / "meta.json"
+    return None
+
+
+def resolve_predictor(cfg: DictConfig) -> DictConfig:
+    """Replace ``predictor=auto`` by the chosen option (``choose_predictor``); log which and why."""
+    from elis.config import CONFIG_DIR
+
+    p = cfg.get("predictor")
+    if p is None or p.get("name") != "auto":
+        return cfg
+    cfg = cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    options = {}
+    for name in list(p.candidates):
+        trial = cfg.copy()
+        trial.predictor = OmegaConf.load(CONFIG_DIR / "predictor" / f"{name}.yaml")
+        options[name] = (trial.predictor, _artefact_of(trial))
+    name, reason = choose_predictor([(n, a) for n, (_, a) in options.items()], str(p.fallback))
+    cfg.predictor = options[name][0] if name in options else OmegaConf.load(
+        CONFIG_DIR / "predictor" / f"{name}.yaml")
+    if name in options:
+        log.info("predictor=auto → %s: %s", name, reason)
+    else:
+        log.warning("predictor=auto → %s: %s; train one with `python train.py predictor=%s data=%s`",
+                    name, reason, list(p.candidates)[0], cfg.data.name)
+    cfg.predictor_choice = {"name": name, "reason": reason}
+    return cfg
+
+
+def ensure_dataset(cfg: DictConfig) -> None:
+    """Build the small embedded default dataset when it is missing (any other is left to the user)."""
+    if (Path(cfg.paths.data_dir) / cfg.data.name / "pairs").exists() or cfg.data.name != "embedded":
+        return
+    from elis.data.build import run as build_run
+
+    log.info("data=embedded is not built yet; building it now (about a minute)")
+    build_run(OmegaConf.create({"data": OmegaConf.to_container(cfg.data, resolve=False),
+                                "paths": OmegaConf.to_container(cfg.paths, resolve=False),
+                                "seed": cfg.seed, "task_name": "build_dataset"}))
+
+
 def build_prediction(cfg: DictConfig, cost_model: CostModel, table: RequestTable) -> PredictionService | None:
     """Instantiate ``cfg.predictor.runtime`` and wrap it; precompute all steps when configured."""
     service = build_prediction_service(cfg, cost_model)
@@ -273,7 +389,10 @@ def variants_of(cfg: DictConfig) -> list[tuple[str, dict]]:
         unknown = sorted(set(v) - set(SCHED_KEYS))
         if unknown:
             raise ValueError(f"compare.variants[{name}] has unknown keys {unknown}; valid: {list(SCHED_KEYS)}")
-        out.append((name, {**base, **v}))
+        merged = {**base, **v}
+        if v.get("policy", base.get("policy")) != base.get("policy") and "policy_params" not in v:
+            merged.pop("policy_params", None)  # another policy's parameters do not carry over
+        out.append((name, merged))
     return out
 
 
@@ -281,6 +400,9 @@ def run(cfg: DictConfig) -> dict:
     """Run the configured experiment; returns ``{variant_name: metrics}`` (+ ``output_dir``)."""
     import hydra.utils
 
+    validate_sizes(cfg)
+    ensure_dataset(cfg)
+    cfg = resolve_predictor(cfg)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -300,21 +422,37 @@ def run(cfg: DictConfig) -> dict:
             else:
                 rcfg.workload.rate_rps = float(rate)
             rdir = out_dir / "rates" / f"{float(rate):g}"
-        table, wl = build_table(rcfg)
-        warn_if_overloaded(wl, cost_model, int(rcfg.max_batch_size), int(rcfg.num_workers))
-        rdir.mkdir(parents=True, exist_ok=True)
-        wl.to_parquet(rdir / "workload.parquet", index=False)
-        prediction = build_prediction(rcfg, cost_model, table)
-        for name, sched in variants:
-            vdir = rdir if not cfg.get("compare") else rdir / "variants" / name
-            m = run_variant(rcfg, sched, table, prediction, cost_model, vdir)
-            (vdir / "variant.json").write_text(json.dumps({"name": name, **sched, "rate": rate}))
-            key = name if rate is None else f"{name}@{rate:g}"
-            results[key] = m
-        if cfg.get("compare"):
-            from elis.experiments.report import write_comparison
+        seeds = seeds_of(cfg)
+        for seed in seeds:
+            scfg, sdir = rcfg, rdir
+            if seed is not None:
+                scfg = rcfg.copy()
+                OmegaConf.set_struct(scfg, False)
+                scfg.seed = int(seed)
+                sdir = rdir / "seeds" / str(int(seed))
+            table, wl = build_table(scfg)
+            load = warn_if_overloaded(wl, cost_model, int(scfg.max_batch_size), int(scfg.num_workers),
+                                     int(scfg.max_tokens))
+            wstats = workload_stats(wl, scfg, load)
+            sdir.mkdir(parents=True, exist_ok=True)
+            wl.to_parquet(sdir / "workload.parquet", index=False)
+            prediction = build_prediction(scfg, cost_model, table)
+            for name, sched in variants:
+                vdir = sdir if not cfg.get("compare") else sdir / "variants" / name
+                m = run_variant(scfg, sched, table, prediction, cost_model, vdir)
+                m.update(wstats)  # realised offered load next to the requested one
+                (vdir / "metrics.json").write_text(json.dumps(m, indent=2, default=_json_default))
+                (vdir / "variant.json").write_text(json.dumps({"name": name, **sched, "rate": rate, "seed": seed}))
+                key = name if rate is None else f"{name}@{rate:g}"
+                results[key if seed is None else f"{key}#s{int(seed)}"] = m
+            if cfg.get("compare"):
+                from elis.experiments.report import write_comparison
 
-            write_comparison(rdir)
+                write_comparison(sdir)
+        if seeds != [None]:
+            from elis.experiments.report import write_seed_comparison
+
+            write_seed_comparison(rdir)
     if cfg.get("plots", True):
         from elis.experiments.plots import plot_run
 

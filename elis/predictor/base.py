@@ -8,6 +8,13 @@ query's prediction never depends on the other queries in its batch.
 Implementations: the learned predictor (``elis.predictor.learned``) and the reference
 predictors in ``elis.predictor.simple`` (oracle, noisy oracle, constant, prompt length).
 Each records its own latency so the scheduler can charge it (``latency`` attribute).
+
+Predictive distribution (optional): ``predict_quantiles(queries, levels) -> np.ndarray`` gives
+quantiles of the remaining tokens at ``levels`` (strictly increasing, in (0, 1)): float64 of
+shape ``(N, Q)``, finite, ``>= 0`` and non-decreasing along Q. A predictor that implements it
+sets ``provides_quantiles = True`` (distribution-aware policies such as ``sched=gittins``
+refuse one without it at construction); ``TimedPredictor``'s default raises
+``NotImplementedError`` naming the predictor.
 """
 
 from __future__ import annotations
@@ -82,6 +89,7 @@ class TimedPredictor:
     """Base class: subclasses implement ``_predict``; this one times and validates it."""
 
     name: str = "predictor"
+    provides_quantiles: bool = False
 
     def __init__(self) -> None:
         self.latency = LatencyStats()
@@ -110,3 +118,51 @@ class TimedPredictor:
 
     def _predict(self, queries: Sequence[PredictionQuery]) -> np.ndarray:
         raise NotImplementedError
+
+    def predict_quantiles(self, queries: Sequence[PredictionQuery], levels: Sequence[float]) -> np.ndarray:
+        """Quantiles of the remaining tokens: float64 (N, Q), finite, >= 0, non-decreasing in Q.
+
+        Args:
+            queries: N queries.
+            levels: Q strictly increasing probabilities in (0, 1).
+
+        Raises:
+            NotImplementedError: the predictor gives no predictive distribution (naming it).
+            ValueError: bad ``levels`` (naming them).
+            RuntimeError: an implementation returning the wrong shape, non-finite or
+                decreasing quantiles.
+        """
+        if not self.provides_quantiles:
+            raise NotImplementedError(
+                f"predictor {self.name!r} ({type(self).__name__}) gives no predictive distribution: "
+                "predict_quantiles is not implemented (oracle, noisy_oracle and gbdt implement it)"
+            )
+        lv = np.asarray(levels, dtype=np.float64).reshape(-1)
+        if lv.size == 0 or not (np.all((lv > 0) & (lv < 1)) and np.all(np.diff(lv) > 0)):
+            raise ValueError(f"predict_quantiles: levels must be strictly increasing in (0, 1), got {list(levels)}")
+        start = time.perf_counter()
+        if len(queries) == 0:
+            out = np.zeros((0, lv.size), dtype=np.float64)
+        else:
+            out = np.asarray(self._predict_quantiles(queries, lv), dtype=np.float64)
+            if out.shape != (len(queries), lv.size):
+                raise RuntimeError(f"{self.name}: quantiles shape {out.shape}, expected ({len(queries)}, {lv.size})")
+            if not np.all(np.isfinite(out)):
+                raise RuntimeError(f"{self.name}: {int(np.sum(~np.isfinite(out)))} non-finite quantiles")
+            if np.any(np.diff(out, axis=1) < 0):
+                raise RuntimeError(f"{self.name}: quantiles decrease along the levels")
+            out = np.clip(out, 0.0, None)
+        self.latency.record(len(queries), (time.perf_counter() - start) * 1e3)
+        return out
+
+    def _predict_quantiles(self, queries: Sequence[PredictionQuery], levels: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+def supports_quantiles(predictor) -> bool:
+    """Whether ``predictor`` gives a predictive distribution: ``provides_quantiles = True``, or a
+    ``predict_quantiles`` of its own (not ``TimedPredictor``'s refusing default)."""
+    if getattr(predictor, "provides_quantiles", False):
+        return True
+    fn = getattr(type(predictor), "predict_quantiles", None)
+    return fn is not None and fn is not TimedPredictor.predict_quantiles

@@ -23,7 +23,8 @@ def _features(split: dict[str, np.ndarray]) -> np.ndarray:
 
 def fit_baselines(train: dict[str, np.ndarray]) -> dict[str, object]:
     """Fit all baselines; ``train`` holds arrays emb (N, D), step, num_prompt_tokens,
-    num_generated_tokens, target (N,). Returns name → fitted object for ``predict_baseline``."""
+    num_generated_tokens, target (N,). Returns name → fitted object for ``predict_baseline``.
+    Without ``emb`` (checkpoint evaluation embeds no train split) ``ridge_embedding`` is left out."""
     steps = train["step"]
     y = train["target"].astype(np.float64)
     per_step_mean = {int(k): float(y[steps == k].mean()) for k in np.unique(steps)}
@@ -31,13 +32,14 @@ def fit_baselines(train: dict[str, np.ndarray]) -> dict[str, object]:
     lin = LinearRegression().fit(
         np.column_stack([train["num_prompt_tokens"], train["num_generated_tokens"]]).astype(float), y
     )
-    ridge = RidgeCV(alphas=(0.1, 1.0, 10.0, 100.0)).fit(_features(train), np.log1p(y))
-    return {
+    out: dict[str, object] = {
         "mean_per_step": (per_step_mean, float(y.mean())),
         "median_per_step": (per_step_median, float(np.median(y))),
         "prompt_length_linear": lin,
-        "ridge_embedding": ridge,
     }
+    if "emb" in train:
+        out["ridge_embedding"] = RidgeCV(alphas=(0.1, 1.0, 10.0, 100.0)).fit(_features(train), np.log1p(y))
+    return out
 
 
 def predict_baseline(name: str, model: object, split: dict[str, np.ndarray]) -> np.ndarray:

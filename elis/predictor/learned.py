@@ -77,9 +77,7 @@ class LearnedPredictor(TimedPredictor):
 
     def stats(self) -> dict:
         """``{"embedding": encoder counters (num_truncated, ...) + cache hits/computed/key}``."""
-        enc = self.cache.encoder
-        return {"embedding": {**enc.stats.as_dict(), "cache_hits": self.cache.num_hits,
-                              "cache_computed": self.cache.num_computed, "cache_key": enc.cache_key}}
+        return {"embedding": self.cache.stats()}
 
     def _predict(self, queries: Sequence[PredictionQuery]) -> np.ndarray:
         import torch

@@ -89,11 +89,23 @@ class LengthRegressor(L.LightningModule):
         self.save_hyperparameters()
         self.head = MLPHead(**head)
         self.loss_fn = make_loss(loss, huber_delta)
-        # float64 states: set_dtype survives Lightning's module.to(dtype) casts.
-        self.val_mae = torchmetrics.MeanAbsoluteError().set_dtype(torch.float64)
-        self.val_r2 = torchmetrics.R2Score().set_dtype(torch.float64)
-        self.val_loss = torchmetrics.MeanMetric().set_dtype(torch.float64)
-        self.train_loss = torchmetrics.MeanMetric().set_dtype(torch.float64)
+        self.val_mae = torchmetrics.MeanAbsoluteError()
+        self.val_r2 = torchmetrics.R2Score()
+        self.val_loss = torchmetrics.MeanMetric()
+        self.train_loss = torchmetrics.MeanMetric()
+        self._float64_metrics()
+
+    def _float64_metrics(self) -> None:
+        # module.to(float32) (load_from_checkpoint, precision plugins) casts metric states
+        # too, so float64 is re-asserted at every epoch start.
+        for m in (self.val_mae, self.val_r2, self.val_loss, self.train_loss):
+            m.set_dtype(torch.float64)
+
+    def on_train_epoch_start(self) -> None:
+        self._float64_metrics()
+
+    def on_validation_epoch_start(self) -> None:
+        self._float64_metrics()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Raw output in the training space, shape (B,)."""

@@ -204,6 +204,8 @@ def fit_head(cfg, module_kwargs: dict, arrays: dict[str, dict], run_dir: Path, t
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
         module = LengthRegressor.load_from_checkpoint(best, map_location="cpu")
+        if not with_logger:  # an ablation head: loaded, scored below; its file is not kept
+            Path(best).unlink(missing_ok=True)
     info = {
         "tag": tag, "best_ckpt": best,
         "best_val_mae": float(trainer.checkpoint_callback.best_model_score)
@@ -300,6 +302,46 @@ def _ablation_generator(cfg, kwargs, arrays, run_dir, eval_splits) -> dict:
     return {"fit": info, **results}
 
 
+def _eval_baseline_tables(frames, arrays, results, eval_splits, gen_index) -> list[str]:
+    """``baselines.md`` tables of a checkpoint evaluation: the head next to the baselines that
+    need no embeddings (per-step mean/median, prompt-length linear), fitted on ``train``."""
+    from elis.predictor.baselines import fit_baselines, predict_baseline
+    from elis.predictor.evaluate import baseline_table
+    from elis.predictor.metrics import evaluate_frame
+
+    train = frames.get("train")
+    fitted = {}
+    if train is not None and len(train):
+        fitted = fit_baselines({k: v for k, v in to_arrays(train, np.zeros((len(train), 0)), gen_index).items()
+                                if k != "emb"})
+    tables = []
+    for s in eval_splits:
+        if s not in results:
+            continue
+        rows = {name: evaluate_frame(_frame(arrays[s], predict_baseline(name, m, arrays[s])))
+                for name, m in fitted.items()}
+        rows["mlp_head (checkpoint)"] = results[s]
+        tables.append(baseline_table(rows, s))
+    return tables
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """What ``train.py`` prints at the end: per evaluated split R², MAE, RMSE, Kendall τ, rows."""
+    def f(v, d=3) -> str:
+        return "n/a" if v is None or v != v else f"{v:.{d}f}"
+
+    lines = [f"{metrics.get('task', 'train')}: predictor={metrics.get('predictor')} data={metrics.get('data')}"]
+    for split, r in (metrics.get("eval") or {}).items():
+        o = r["overall"]
+        lines.append(f"  {split:<9} rows={o.get('n')} R2={f(o.get('r2'))} MAE={f(o.get('mae'), 1)} tokens "
+                     f"RMSE={f(o.get('rmse'), 1)} kendall_tau_step0={f(r.get('kendall_tau_step0'))}")
+    if len(lines) == 1:
+        lines.append("  (no evaluation split had rows)")
+    if metrics.get("model_ckpt"):
+        lines.append(f"  checkpoint: {metrics['model_ckpt']}")
+    return "\n".join(lines)
+
+
 def run(cfg) -> dict[str, Any]:
     """Train (or, with ``train=false``, evaluate) a learned predictor; see the module doc.
 
@@ -310,15 +352,6 @@ def run(cfg) -> dict[str, Any]:
         ValueError: for a predictor config that is not trainable (oracle, constant, ...).
         FileNotFoundError: for a missing dataset or checkpoint (naming the command to run).
     """
-    from omegaconf import OmegaConf
-
-    from elis.predictor.baselines import fit_baselines, predict_baseline
-    from elis.predictor.cache import EmbeddingCache
-    from elis.predictor.encoder import TextEncoder
-    from elis.predictor.evaluate import baseline_table, per_step_table, write_plots
-    from elis.predictor.metrics import evaluate_frame
-    from elis.predictor.module import LengthRegressor
-
     if not cfg.predictor.get("trainable", False):
         raise ValueError(
             f"predictor={cfg.predictor.name!r} is not trainable; train.py needs a learned "
@@ -328,6 +361,21 @@ def run(cfg) -> dict[str, Any]:
         from elis.predictor.gbdt_train import run as run_gbdt
 
         return run_gbdt(cfg)
+    from elis.cli import ensure_model_available
+    from elis.predictor.encoder import OFFLINE_ENCODER_HINT, resolve_model_path
+
+    if cfg.train and cfg.predictor.get("encoder") is not None:  # offline, not on disk: fail now
+        ensure_model_available("predictor.encoder.model_name",
+                               resolve_model_path(cfg.predictor.encoder.model_name), OFFLINE_ENCODER_HINT)
+    from omegaconf import OmegaConf
+
+    from elis.predictor.baselines import fit_baselines, predict_baseline
+    from elis.predictor.cache import EmbeddingCache
+    from elis.predictor.encoder import TextEncoder
+    from elis.predictor.evaluate import baseline_table, per_step_table, write_plots
+    from elis.predictor.metrics import evaluate_frame
+    from elis.predictor.module import LengthRegressor
+
     import torch
 
     torch.set_num_threads(int(cfg.num_threads))
@@ -348,6 +396,8 @@ def run(cfg) -> dict[str, Any]:
             )
         module = LengthRegressor.load_from_checkpoint(str(ckpt), map_location="cpu")
         enc_kwargs = dict(module.hparams.encoder)
+        ensure_model_available("predictor.encoder.model_name", resolve_model_path(enc_kwargs["model_name"]),
+                               OFFLINE_ENCODER_HINT)
     else:
         enc_kwargs = _encoder_kwargs(cfg)
 
@@ -414,6 +464,8 @@ def run(cfg) -> dict[str, Any]:
             metrics["ablation_generator_conditioning"] = _ablation_generator(
                 cfg, kwargs, arrays, run_dir, eval_splits)
 
+    else:  # checkpoint evaluation: the embedding-free baselines from the train split's labels
+        tables += _eval_baseline_tables(frames, arrays, results, eval_splits, gen_index)
     step_md = "".join(f"## {s}\n\n{per_step_table(r)}\n" for s, r in results.items())
     plot_paths = []
     for s, f in pred_frames.items():
@@ -422,9 +474,11 @@ def run(cfg) -> dict[str, Any]:
     metrics["plots"] = [Path(p).name for p in plot_paths]
 
     if cfg.train and fit_info and fit_info["best_ckpt"]:
+        # moved, not copied: the checkpoint (~93 MB for MiniLM) is stored once, in model_dir
         model_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(fit_info["best_ckpt"], model_dir / "best.ckpt")
+        shutil.move(fit_info["best_ckpt"], model_dir / "best.ckpt")
         metrics["model_ckpt"] = str(model_dir / "best.ckpt")
+        metrics["fit"]["best_ckpt"] = str(model_dir / "best.ckpt")
     for d in ([run_dir, model_dir] if cfg.train else [run_dir]):
         d.mkdir(parents=True, exist_ok=True)
         (d / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))

@@ -12,6 +12,8 @@ alpaca_eval test split when built (``data/alpaca_eval``) else log-normal (median
 overhead: µs per ``schedule`` + ``update`` decision against the number of waiting requests.
 scalability (arXiv 2505.09142 §5.4: ELIS sustains 18.77 req/s on 50 H100 workers): for each
 worker count, the highest Poisson rate whose mean queuing delay stays below 0.5 s (bisection).
+Every simulation runs through ``elis.experiments.run.simulate`` (the fast path when supported,
+``run_sim(path=...)`` to force one); ``elis.serving.bench_scale`` is the 1M-request benchmark.
 Figures are printed; nothing here is asserted.
 """
 
@@ -80,8 +82,11 @@ def capacity_rps(cost_model, mean_output_tokens: float, batch: int = 4) -> float
 
 
 def run_sim(table, num_workers: int, cost_model, policy: str = "isrtf", mode: str = "windowed",
-            predictor: str = "oracle", seed: int = 0):
-    """Simulate ``table``; returns the ``SimResult`` (records without interval lists)."""
+            predictor: str = "oracle", seed: int = 0, path: str = "auto"):
+    """Simulate ``table``; returns the ``SimResult`` (records without interval lists).
+
+    ``path``: 'auto' | 'general' | 'fast' (see ``elis.serving.runtime.simulate``).
+    """
     from elis.serving.runtime import simulate
     from elis.predictor.simple import NoisyOraclePredictor, OraclePredictor
     from elis.serving.load_balancer import LeastPredictedTokens
@@ -92,7 +97,7 @@ def run_sim(table, num_workers: int, cost_model, policy: str = "isrtf", mode: st
     return simulate(
         table, {"policy": policy, "mode": mode, "preemption": True}, num_workers=num_workers,
         max_batch_size=4, window_tokens=50, cost_model=cost_model, load_balancer=LeastPredictedTokens(),
-        prediction=service, record_intervals=False,
+        prediction=service, record_intervals=False, **({} if path == "auto" else {"path": path}),
     )
 
 
@@ -214,6 +219,8 @@ def scalability(workers: list[int], profile: str, **kw) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if hasattr(sys.stdout, "reconfigure"):  # each row appears at once, also when redirected
+        sys.stdout.reconfigure(line_buffering=True)
     if args and args[0] == "_one":
         print(json.dumps(speed_one(int(args[1]), int(args[2]), args[3])))
         return 0

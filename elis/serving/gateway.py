@@ -46,7 +46,6 @@ Metrics (``/metrics``, vLLM-style names with prefix ``elis:``): gauges ``num_req
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
 import queue
@@ -86,15 +85,23 @@ class StreamEvent:
 class RequestStream:
     """Detokenises a request's tokens incrementally and applies its stop strings.
 
-    ``advance(output_token_ids, final)`` (loop thread) returns the new text to emit and whether
-    a stop string was found. Text is decoded from the FULL id list each time (decode→encode is
+    ``advance(final)`` returns the new text of ``ids`` to emit and whether a stop string was
+    found. ``ids`` grows token by token while a window runs (in-process and remote windowed
+    workers call ``ServingLoop.on_token`` on their thread) and is reset to the request's
+    confirmed tokens at every window end (``on_progress``) and when a dead worker's window is
+    discarded (``on_rollback``: the tokens are regenerated, identically for greedy and for the
+    in-process worker's position-seeded sampling). Text is decoded from the FULL id list each time (decode→encode is
     not an identity, and a multi-byte character can straddle windows); a trailing U+FFFD
     (incomplete UTF-8) and the last ``len(longest stop) − 1`` characters are held back unless
     ``final``.
     """
 
-    def __init__(self, tokenizer: Any, stop: list[str], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, tokenizer: Any, stop: list[str], loop: asyncio.AbstractEventLoop,
+                 provisional: bool = True) -> None:
         self.tokenizer = tokenizer
+        self.provisional = provisional  # stream tokens as generated, before the window ends
+        self.lock = threading.Lock()
+        self.ids: list[int] = []  # tokens known so far (confirmed by windows + provisional)
         self.stop = [s for s in stop if s]
         self.hold = max((len(s) for s in self.stop), default=1) - 1
         self.loop = loop
@@ -109,10 +116,12 @@ class RequestStream:
             return ""
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def advance(self, ids: list[int], final: bool) -> tuple[str, bool]:
+    def advance(self, final: bool) -> tuple[str, bool]:
+        """The new text of ``self.ids`` to emit, and whether a stop string was found (hold the
+        lock)."""
         if self.stopped:
             return "", True
-        text = self.decode(ids)
+        text = self.decode(self.ids)
         cut = None
         if self.stop:
             start = max(self.emitted - self.hold, 0)
@@ -163,6 +172,10 @@ class ServingLoop:
         self.error: BaseException | None = None
 
     def start(self) -> None:
+        for h in self.runtime.handles:
+            setter = getattr(h, "set_token_listener", None)
+            if setter is not None:
+                setter(self.on_token)
         self.runner.start_clock()
         self._thread.start()
 
@@ -221,17 +234,40 @@ class ServingLoop:
                 _, rid, reason = cmd
                 self.runner.cancel(rid, reason)
 
+    # token listener (worker threads, while a window runs)
+    def on_token(self, request_id: str, token_id: int) -> None:
+        st = self.streams.get(request_id)
+        if st is None or not st.provisional:
+            return
+        with st.lock:
+            st.ids.append(int(token_id))
+            delta, _ = st.advance(final=False)
+            ids = st.ids[st.num_ids_sent:]
+            st.num_ids_sent = max(st.num_ids_sent, len(st.ids))
+        if delta or ids:
+            st.put(StreamEvent("delta", delta, list(ids)))
+
     # listener (called by the runner on the loop thread)
     def on_progress(self, r: Request, result) -> bool:
         st = self.streams.get(r.request_id)
         if st is None:
             return False
-        delta, stopped = st.advance(r.output_token_ids, final=False)
-        ids = r.output_token_ids[st.num_ids_sent:]
-        st.num_ids_sent = len(r.output_token_ids)
+        with st.lock:
+            st.ids = list(r.output_token_ids)  # the window's tokens, confirmed
+            delta, stopped = st.advance(final=False)
+            ids = r.output_token_ids[st.num_ids_sent:]
+            st.num_ids_sent = len(r.output_token_ids)
         if delta or ids:
             st.put(StreamEvent("delta", delta, list(ids)))
         return stopped
+
+    def on_rollback(self, r: Request) -> None:
+        """A dead worker's window was discarded: forget its provisional tokens (ids already
+        sent are not sent again: the next worker regenerates the same tokens)."""
+        st = self.streams.get(r.request_id)
+        if st is not None:
+            with st.lock:
+                st.ids = list(r.output_token_ids)
 
     def on_terminal(self, r: Request) -> None:
         st = self.streams.pop(r.request_id, None)
@@ -240,11 +276,13 @@ class ServingLoop:
         if st is None:
             return
         if r.status is RequestStatus.FINISHED:
-            delta, stopped = st.advance(r.output_token_ids, final=True)
+            with st.lock:
+                st.ids = list(r.output_token_ids)
+                delta, stopped = st.advance(final=True)
+                ids = r.output_token_ids[st.num_ids_sent:]
+                st.num_ids_sent = len(r.output_token_ids)
             if stopped:
                 r.finish_reason = "stop"
-            ids = r.output_token_ids[st.num_ids_sent:]
-            st.num_ids_sent = len(r.output_token_ids)
             if delta or ids:
                 st.put(StreamEvent("delta", delta, list(ids)))
         st.put(StreamEvent("end", request=r))
@@ -337,9 +375,6 @@ class GatewayConfig:
     request_timeout_s: float = 600.0
 
 
-_IDS = itertools.count()
-
-
 def _field(body: dict, name: str, kind, default=None, check=None, why: str = ""):
     v = body.get(name, default)
     if v is None:
@@ -414,13 +449,12 @@ class Gateway:
         """
         if not isinstance(body, dict):
             raise GatewayError("the request body must be a JSON object", param=None)
-        n = _field(body, "n", int, 1, lambda v: v == 1, "1 (one choice per request)")
-        del n
+        _field(body, "n", int, 1, lambda v: v == 1, "1 (one choice per request)")
         if body.get("echo"):
             raise GatewayError("'echo' is not supported", param="echo")
         temperature = _field(body, "temperature", float, None, lambda v: 0 <= v <= 2 and v == v, "in [0, 2]")
         top_p = _field(body, "top_p", float, None, lambda v: 0 < v <= 1, "in (0, 1]")
-        seed = _field(body, "seed", int, None)
+        seed = _field(body, "seed", int, None, lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)")
         stream = _field(body, "stream", bool, False)
         stop = body.get("stop")
         if stop is None:
@@ -466,10 +500,12 @@ class Gateway:
         return r, stop, opts
 
     # serving ---------------------------------------------------------------
-    def submit(self, r: Request, stop: list[str]) -> RequestStream:
+    def submit(self, r: Request, stop: list[str], provisional: bool = True) -> RequestStream:
+        """Hand ``r`` to the loop; ``provisional``: stream tokens as they are generated (else
+        window by window)."""
         if not self.loop.alive:
             raise GatewayError(f"the serving loop is down: {self.loop.error}", status=503)
-        st = RequestStream(self.tokenizer, stop, asyncio.get_running_loop())
+        st = RequestStream(self.tokenizer, stop, asyncio.get_running_loop(), provisional=provisional)
         self.loop.submit(r, st)
         return st
 

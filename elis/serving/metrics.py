@@ -49,11 +49,20 @@ class InvariantError(RuntimeError):
 
 
 class RequestRecorder:
-    """Collects one row per terminal request (column lists; memory O(finished requests)).
+    """Collects one row per terminal request in preallocated columns (one numpy array each).
+
+    Memory: ~200 bytes per recorded request (19 numeric columns × 8 bytes + 5 object
+    pointers; the id/status/reason strings are shared or owned by the workload) plus, with
+    ``record_intervals``, the per-request lists. Columns grow by doubling; the DataFrame is
+    built once by ``to_frame``.
 
     Args:
         record_intervals: keep the list columns ``window_start_s``/``window_end_s`` and the
             per-step prediction lists (off for very large benchmark runs).
+        capacity: rows preallocated (e.g. the number of requests of the run); grows as needed.
+
+    Note: an empty recorder has ``len() == 0`` and is therefore falsy — pass it around with
+    ``is None`` checks, never ``recorder or RequestRecorder()``.
     """
 
     SCALARS = (
@@ -63,23 +72,59 @@ class RequestRecorder:
         "num_output_tokens", "num_decode_steps", "true_num_output_tokens", "max_tokens", "num_preemptions",
         "num_recomputed_tokens", "first_predicted_tokens", "fail_time_s",
     )
+    INT_COLUMNS = frozenset({
+        "worker_id", "num_prompt_tokens", "num_output_tokens", "num_decode_steps", "true_num_output_tokens", "max_tokens",
+        "num_preemptions", "num_recomputed_tokens",
+    })
+    OBJECT_COLUMNS = frozenset({"request_id", "status", "finish_reason", "fail_reason", "generator"})
     LISTS = (
         "window_start_s", "window_end_s", "prediction_num_generated_tokens",
         "predicted_remaining_tokens", "true_remaining_tokens",
     )
 
-    def __init__(self, record_intervals: bool = True) -> None:
+    def __init__(self, record_intervals: bool = True, capacity: int = 1024) -> None:
         self.record_intervals = record_intervals
-        self.columns: dict[str, list] = {c: [] for c in self.SCALARS}
-        if record_intervals:
-            self.columns.update({c: [] for c in self.LISTS})
+        self._n = 0
+        cap = max(int(capacity), 1)
+        self._cols: dict[str, np.ndarray] = {c: np.empty(cap, dtype=self._dtype(c)) for c in self.SCALARS}
+        self._lists: dict[str, list] = {c: [] for c in self.LISTS} if record_intervals else {}
+
+    @classmethod
+    def _dtype(cls, name: str):
+        if name in cls.OBJECT_COLUMNS:
+            return object
+        return np.int64 if name in cls.INT_COLUMNS else np.float64
 
     def __len__(self) -> int:
-        return len(self.columns["request_id"])
+        return self._n
+
+    def _grow(self) -> None:
+        for c, arr in self._cols.items():
+            bigger = np.empty(2 * len(arr), dtype=arr.dtype)
+            bigger[: self._n] = arr[: self._n]
+            self._cols[c] = bigger
+
+    def add_row(self, values: tuple, lists: tuple | None = None) -> None:
+        """Append one row: ``values`` in ``SCALARS`` order, ``lists`` in ``LISTS`` order.
+
+        ``lists`` is required (and only read) when ``record_intervals`` is on.
+        """
+        i = self._n
+        cols = self._cols
+        if i == len(cols["request_id"]):
+            self._grow()
+            cols = self._cols
+        for k, v in zip(self.SCALARS, values):
+            cols[k][i] = v
+        if self.record_intervals:
+            if lists is None:
+                raise ValueError("RequestRecorder(record_intervals=True).add_row needs the list columns")
+            for k, v in zip(self.LISTS, lists):
+                self._lists[k].append(v)
+        self._n = i + 1
 
     def add(self, r: Request) -> None:
         """Record a FINISHED or FAILED request."""
-        c = self.columns
         finished = r.status is RequestStatus.FINISHED
         iv = r.run_intervals
         executed = sum(e - s for s, e in iv)
@@ -104,17 +149,15 @@ class RequestRecorder:
             r.first_predicted_tokens if r.first_predicted_tokens is not None else math.nan,
             r.fail_time_s if not finished and r.fail_time_s is not None else math.nan,
         )
-        for k, v in zip(self.SCALARS, values):
-            c[k].append(v)
+        lists = None
         if self.record_intervals:
-            c["window_start_s"].append([s for s, _ in iv])
-            c["window_end_s"].append([e for _, e in iv])
-            c["prediction_num_generated_tokens"].append([g for g, _ in r.predictions])
-            c["predicted_remaining_tokens"].append([p for _, p in r.predictions])
             target = r.target_num_output_tokens
-            c["true_remaining_tokens"].append(
-                [target - g for g, _ in r.predictions] if target is not None else []
+            lists = (
+                [s for s, _ in iv], [e for _, e in iv], [g for g, _ in r.predictions],
+                [p for _, p in r.predictions],
+                [target - g for g, _ in r.predictions] if target is not None else [],
             )
+        self.add_row(values, lists)
 
     def add_all(self, requests: Iterable[Request]) -> None:
         for r in requests:
@@ -122,7 +165,12 @@ class RequestRecorder:
 
     def to_frame(self) -> pd.DataFrame:
         """The records as a DataFrame (NaN marks 'not applicable': TTFT of a 0-token answer, ...)."""
-        return pd.DataFrame(self.columns)
+        n = self._n
+        data: dict = {c: self._cols[c][:n] for c in self.SCALARS}
+        data.update(self._lists)
+        # No copy: the frame's columns view the recorder's arrays (rows < n are never rewritten),
+        # so a 1M-request run does not hold its records twice.
+        return pd.DataFrame(data, copy=False)
 
 
 def decode_steps(num_output_tokens: int, finish_reason: str | None) -> int:
@@ -176,6 +224,7 @@ def summarize(records: pd.DataFrame, bucket_edges: tuple[float, float] | None = 
     for m in LATENCY_METRICS:
         out.update(_stats(m, fin[f"{m}_s"].to_numpy(dtype=np.float64)))
     out["max_wait_s"] = float(fin["max_wait_s"].max()) if len(fin) else None
+    out.update(prediction_summary(fin))
     out["num_preemptions"] = int(records["num_preemptions"].sum())
     out["num_recomputed_tokens"] = int(records["num_recomputed_tokens"].sum())
     if bucket_edges is None:
@@ -187,6 +236,32 @@ def summarize(records: pd.DataFrame, bucket_edges: tuple[float, float] | None = 
         out[f"jct_mean_s_{name}"] = float(sel["jct_s"].mean()) if len(sel) else None
         out[f"jct_p99_s_{name}"] = float(np.percentile(sel["jct_s"], 99)) if len(sel) else None
         out[f"num_requests_{name}"] = int(len(sel))
+    return out
+
+
+def prediction_summary(fin: pd.DataFrame) -> dict:
+    """Mean predicted vs generated tokens of finished requests (issue 9 item 5).
+
+    ``predicted_first_mean_tokens`` (mean step-0 prediction of the whole response) beside
+    ``num_output_tokens_mean`` (mean generated); when the per-step lists were recorded, also the
+    mean over EVERY prediction made of the predicted and the true remaining tokens
+    (``predicted_remaining_mean_tokens`` vs ``true_remaining_mean_tokens``). None when the run
+    made no predictions (a policy that needs none).
+    """
+    first = fin["first_predicted_tokens"].to_numpy(dtype=np.float64) if len(fin) else np.zeros(0)
+    first = first[np.isfinite(first)]
+    out: dict = {
+        "num_output_tokens_mean": float(fin["num_output_tokens"].mean()) if len(fin) else None,
+        "predicted_first_mean_tokens": float(first.mean()) if first.size else None,
+        "predicted_remaining_mean_tokens": None,
+        "true_remaining_mean_tokens": None,
+    }
+    if "predicted_remaining_tokens" in fin and len(fin):
+        pred = [x for lst in fin["predicted_remaining_tokens"] for x in lst]
+        true = [x for lst in fin["true_remaining_tokens"] for x in lst]
+        if pred and len(pred) == len(true):
+            out["predicted_remaining_mean_tokens"] = float(np.mean(pred))
+            out["true_remaining_mean_tokens"] = float(np.mean(true))
     return out
 
 
@@ -222,29 +297,38 @@ def check_invariants(records: pd.DataFrame, expected_request_ids: Iterable[str] 
             problems.append(f"{len(lost)} requests lost, e.g. {lost[:10]}")
         if extra:
             problems.append(f"{len(extra)} unknown requests recorded, e.g. {extra[:10]}")
-    status = records["status"]
-    bad = records[~status.isin([RequestStatus.FINISHED.name, RequestStatus.FAILED.name])]
-    if len(bad):
-        problems.append(f"{len(bad)} requests not terminal, e.g. {bad['request_id'].tolist()[:10]}")
-    failed = records[status == RequestStatus.FAILED.name]
-    no_reason = failed[failed["fail_reason"].isna() | (failed["fail_reason"] == "")]
-    if len(no_reason):
-        problems.append(f"{len(no_reason)} failed requests without a reason, e.g. {no_reason['request_id'].tolist()[:10]}")
-    fin = records[status == RequestStatus.FINISHED.name]
-    known = fin[fin["true_num_output_tokens"] >= 0]
-    target = np.minimum(known["true_num_output_tokens"], known["max_tokens"])
-    wrong = known[known["num_output_tokens"] != target]
-    if len(wrong):
-        ex = wrong[["request_id", "num_output_tokens", "true_num_output_tokens", "max_tokens"]].head(10)
-        problems.append(f"{len(wrong)} requests generated the wrong number of tokens:\n{ex.to_string()}")
+    # Column-wise boolean masks (no filtered copies of the frame: a 1M-row run checks in place).
+    ids_np = ids.to_numpy()
+    status = records["status"].to_numpy()
+    fin = status == RequestStatus.FINISHED.name
+    failed = status == RequestStatus.FAILED.name
+    bad = ~(fin | failed)
+    if bad.any():
+        problems.append(f"{int(bad.sum())} requests not terminal, e.g. {ids_np[bad][:10].tolist()}")
+    reason = records["fail_reason"]
+    no_reason = failed & (reason.isna() | (reason == "")).to_numpy()
+    if no_reason.any():
+        problems.append(f"{int(no_reason.sum())} failed requests without a reason, e.g. {ids_np[no_reason][:10].tolist()}")
+    true = records["true_num_output_tokens"].to_numpy()
+    target = np.minimum(true, records["max_tokens"].to_numpy())
+    wrong = fin & (true >= 0) & (records["num_output_tokens"].to_numpy() != target)
+    if wrong.any():
+        ex = records.loc[wrong, ["request_id", "num_output_tokens", "true_num_output_tokens", "max_tokens"]].head(10)
+        problems.append(f"{int(wrong.sum())} requests generated the wrong number of tokens:\n{ex.to_string()}")
     eps = 1e-9
+
+    def col(name: str) -> np.ndarray:
+        return records[name].to_numpy(dtype=np.float64)
+
+    jct = col("jct_s")
     for name, mask in (
-        ("finish < arrival", fin["finish_time_s"] < fin["arrival_time_s"] - eps),
-        ("queuing delay < 0", fin["queuing_delay_s"] < -eps),
-        ("ttft > jct", fin["ttft_s"] > fin["jct_s"] + eps),
-        ("non-finite jct", ~np.isfinite(fin["jct_s"].to_numpy(dtype=np.float64))),
+        ("finish < arrival", col("finish_time_s") < col("arrival_time_s") - eps),
+        ("queuing delay < 0", col("queuing_delay_s") < -eps),
+        ("ttft > jct", col("ttft_s") > jct + eps),
+        ("non-finite jct", ~np.isfinite(jct)),
     ):
+        mask = mask & fin
         if mask.any():
-            problems.append(f"{int(mask.sum())} requests with {name}, e.g. {fin.loc[mask, 'request_id'].tolist()[:10]}")
+            problems.append(f"{int(mask.sum())} requests with {name}, e.g. {ids_np[mask][:10].tolist()}")
     if problems:
         raise InvariantError("run invariants violated:\n- " + "\n- ".join(problems))

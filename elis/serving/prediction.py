@@ -186,6 +186,19 @@ class PredictionService:
         self.num_queries += n
         return out, self.latency_s(n)
 
+    def predict_quantiles(self, requests: list[Request], levels) -> np.ndarray:
+        """The predictor's quantiles of the remaining tokens, float64 (N, len(levels)).
+
+        Not charged separately (see ``elis.serving.scheduler``); not cached by ``precompute``.
+
+        Raises:
+            NotImplementedError: the predictor gives no predictive distribution (naming it).
+        """
+        fn = getattr(self.predictor, "predict_quantiles", None)
+        if fn is None:
+            raise NotImplementedError(f"predictor {self.predictor.name!r} does not implement predict_quantiles")
+        return fn([self.query_for(r) for r in requests], levels)
+
     def observe_finished(self, r: Request) -> None:
         """Tell the predictor an answer finished (its length now known), when it learns online.
 

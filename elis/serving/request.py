@@ -55,7 +55,11 @@ class Request:
     """One request, from arrival to finish.
 
     Identity and inputs:
-        request_id: unique string id (ties in every ordering break on it last).
+        request_id: unique string id (names the request; never used to order requests).
+        arrival_seq: integer submission sequence (0, 1, 2, … in arrival order), set by the
+            driver at submission (``RequestTable.make_request(i)`` gives ``i``; a scheduler
+            numbers requests that arrive without one). Ties in every ordering break on it,
+            whatever the ids (``r0…r99`` unpadded would sort r0, r1, r10, … as strings).
         prompt: the user prompt text.
         arrival_time_s: when it reached the frontend.
         num_prompt_tokens: prompt length in tokens (prefill cost).
@@ -87,6 +91,8 @@ class Request:
         kv_cached: whether its KV cache is resident on the worker.
         load_tokens: its share of the worker's predicted outstanding tokens (latest prediction
             minus tokens generated since; load balancing).
+        predicted_quantiles: the latest predictive quantiles of the remaining tokens, float64
+            (Q,), at the policy's ``quantile_levels`` (None unless the policy asks for them).
     """
 
     request_id: str
@@ -98,6 +104,7 @@ class Request:
     generator: str | None = None
     true_response: str | None = None
     true_num_output_tokens: int | None = None
+    arrival_seq: int = -1
     sampling: SamplingOptions | None = None
     # progress
     status: RequestStatus = RequestStatus.WAITING
@@ -124,6 +131,7 @@ class Request:
     enqueue_time_s: float = 0.0
     max_wait_s: float = 0.0
     load_tokens: float = 0.0
+    predicted_quantiles: object = None  # np.ndarray (Q,) of remaining tokens, for distribution-aware policies
     sort_key: tuple = ()
     buffer_version: int = 0
     in_buffer: bool = False

@@ -22,18 +22,24 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from elis.serving.cost_model import CostModel
-from elis.serving.policy import SchedulingPolicy
+from elis.serving.policy import make_policy
 from elis.serving.prediction import PredictionService
 from elis.serving.scheduler import Scheduler
 
+if TYPE_CHECKING:
+    from elis.serving.simulator import RequestTable
+
 log = logging.getLogger(__name__)
 
-SCHED_KEYS = ("policy", "mode", "preemption", "preemption_margin", "aging_tokens_per_s", "promote_after_s")
+SCHED_KEYS = (
+    "policy", "mode", "preemption", "preemption_margin", "aging_tokens_per_s", "promote_after_s", "promote_by",
+    "policy_params",
+)
 REAL_WORKER_KINDS = ("hf", "remote")
 
 
@@ -57,15 +63,17 @@ def build_schedulers(
 
     Raises:
         ValueError: an unknown key in ``sched`` (lists ``SCHED_KEYS``) or a bad value
-            (raised by ``SchedulingPolicy`` / ``Scheduler``, naming the field).
+            (raised by ``make_policy`` / ``Scheduler``, naming the field).
     """
     unknown = sorted(set(sched) - set(SCHED_KEYS))
     if unknown:
         raise ValueError(f"sched has unknown keys {unknown}; valid: {list(SCHED_KEYS)}")
-    policy = SchedulingPolicy(
-        name=sched["policy"],
+    policy = make_policy(
+        sched["policy"],
         aging_tokens_per_s=float(sched.get("aging_tokens_per_s", 0.0) or 0.0),
         promote_after_s=sched.get("promote_after_s"),
+        promote_by=sched.get("promote_by") or "wait",
+        **dict(sched.get("policy_params") or {}),
     )
     overhead = cost_model.scheduling_overhead_s if cost_model is not None else 0.0
     extra = {"max_context_tokens": max_context_tokens} if max_context_tokens is not None else {}
@@ -108,27 +116,46 @@ def live_prediction(prediction: PredictionService | None, cost_model: CostModel 
                              window_tokens=window_tokens)
 
 
+SIM_PATHS: tuple[str, ...] = ("auto", "fast", "general")
+
+
 def simulate(
     table: RequestTable, sched: dict, *, num_workers: int, max_batch_size: int, window_tokens: int,
     cost_model: CostModel, load_balancer, prediction: PredictionService | None,
     kv_capacity_tokens: int | None = None, record_intervals: bool = True, reveal_text: bool = False,
-    max_context_tokens: int | None = None,
+    max_context_tokens: int | None = None, path: str = "auto",
 ):
     """Simulate ``table`` under one scheduling variant; returns a ``SimResult``.
 
     ``max_context_tokens``: the simulated model's context length (the scheduler's context rule).
+    ``path`` (``worker.sim_path``): 'auto' runs ``elis.serving.fastsim.FastSimulator`` when it
+    supports the configuration and the general ``Simulator`` otherwise, logging which and why;
+    'fast' raises if unsupported; 'general' always runs the general path. Both paths give
+    identical records and counters (``tests/serving/test_fastsim_equivalence.py``).
+
+    Raises:
+        ValueError: an unknown ``path`` (lists the valid ones); 'fast' on an unsupported configuration.
     """
+    if path not in SIM_PATHS:
+        raise ValueError(f"worker.sim_path={path!r} is not one of {list(SIM_PATHS)}")
     schedulers = build_schedulers(
         sched, num_workers, max_batch_size, window_tokens, kv_capacity_tokens, prediction, cost_model,
         max_context_tokens,
     )
+    from elis.serving.fastsim import FastSimulator, unsupported_reason
     from elis.serving.metrics import RequestRecorder
     from elis.serving.simulator import Simulator
 
-    sim = Simulator(
-        table, schedulers, cost_model, load_balancer, prediction,
-        RequestRecorder(record_intervals=record_intervals), reveal_text=reveal_text,
-    )
+    recorder = RequestRecorder(record_intervals=record_intervals, capacity=len(table))
+    reason = "sim_path=general" if path == "general" else unsupported_reason(schedulers, load_balancer, prediction)
+    if reason is None:
+        log.info("simulation path: fast (elis.serving.fastsim)")
+        sim = FastSimulator(table, schedulers, cost_model, load_balancer, prediction, recorder, reveal_text)
+    elif path == "fast":
+        raise ValueError(f"worker.sim_path='fast' does not support {reason}; use 'auto' or 'general'")
+    else:
+        log.info("simulation path: general (fast path not used: %s)", reason)
+        sim = Simulator(table, schedulers, cost_model, load_balancer, prediction, recorder, reveal_text=reveal_text)
     return sim.run()
 
 

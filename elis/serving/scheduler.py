@@ -56,14 +56,19 @@ Life-cycle API for drivers (simulator, wall-clock runner, gateway):
 - ``drain()``: remove and return every request (a dead worker), counters back to zero.
 - ``check_idle()``: end-of-run invariant: nothing outstanding, load and KV counters zero.
 
-Predictions: requests flagged ``needs_prediction`` (on arrival, and for ``isrtf`` at each
-window boundary) are predicted in ONE batched call at the start of ``schedule``; the
+Predictions: requests flagged ``needs_prediction`` (on arrival, and at each window boundary
+for a policy that ``uses_predictions`` and ``repredicts``) are predicted in ONE batched call at the start of ``schedule``; the
 predictor's charged latency and ``scheduling_overhead_s`` are returned in ``overhead_s``
-(the window starts that much later).
+(the window starts that much later). A policy with ``quantile_levels`` (gittins) also gets
+the predictor's quantiles of the remaining tokens for the same requests (no extra latency is
+charged: the distribution comes from the same model call in a real predictor). At every
+decision the predicted and true remaining tokens of the competing requests (buffer + running
+at a boundary) feed ``ranking`` (mean Kendall τ among co-waiting requests), when known.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -73,6 +78,7 @@ import numpy as np
 from elis.serving.buffer import PriorityBuffer
 from elis.serving.metrics import InvariantError, fail_reason_kind
 from elis.serving.policy import SchedulingPolicy
+from elis.serving.ranking import RankingTracker
 from elis.serving.request import Request, RequestStatus
 from elis.serving.workers.base import WindowBatch, WindowItem, WindowResult
 
@@ -86,6 +92,10 @@ class PredictionSource(Protocol):
 
     def predict(self, requests: list[Request]) -> tuple[np.ndarray, float]:
         """Predicted remaining tokens, shape (len(requests),), and the seconds to charge."""
+        ...
+
+    def predict_quantiles(self, requests: list[Request], levels) -> np.ndarray:
+        """Quantiles of the remaining tokens at ``levels``, shape (len(requests), len(levels))."""
         ...
 
 
@@ -167,8 +177,7 @@ class Scheduler:
             raise ValueError(f"kv_capacity_tokens must be >= 1 or null, got {kv_capacity_tokens!r}")
         if max_context_tokens is not None and not max_context_tokens >= 1:
             raise ValueError(f"max_context_tokens must be >= 1 or null, got {max_context_tokens!r}")
-        if policy.uses_predictions and predictor is None:
-            raise ValueError(f"policy {policy.name!r} needs a predictor; got predictor=None")
+        policy.validate_predictor(predictor)
         self.worker_id = worker_id
         self.policy = policy
         self.max_batch_size = max_batch_size
@@ -181,13 +190,15 @@ class Scheduler:
         self.scheduling_overhead_s = scheduling_overhead_s
         self.max_context_tokens = max_context_tokens
         self.num_max_tokens_capped = 0
-        self.buffer = PriorityBuffer(policy.promote_after_s)
+        self.buffer = PriorityBuffer(policy.promote_after_s, policy.promote_by)
         self.running: list[Request] = []
         self._pending: list[Request] = []  # arrived, waiting for their first prediction
         self._in_transit: dict[str, Request] = {}  # assigned by the balancer, not yet added
         self._cached_waiting: dict[str, Request] = {}  # preempted, KV still resident
         self._cached_waiting_tokens = 0
         self.uses_boundaries = mode == "windowed" or policy.repredicts or preemption
+        self._arrival_seq = itertools.count()  # for requests submitted without an arrival_seq
+        self.ranking = RankingTracker()
         # counters
         self.num_decisions = 0
         self.num_preemptions = 0
@@ -288,7 +299,10 @@ class Scheduler:
         if reason is not None:
             self._fail(request, reason, now_s)
             return False
-        if self.policy.uses_predictions and request.needs_prediction:
+        if request.arrival_seq < 0:  # submitted without a sequence: number it here (tie rule)
+            request.arrival_seq = next(self._arrival_seq)
+        wants_quantiles = self.policy.quantile_levels is not None and request.predicted_quantiles is None
+        if self.policy.uses_predictions and (request.needs_prediction or wants_quantiles):
             self._pending.append(request)
         else:
             request.sort_key = self.policy.sort_key(request)
@@ -387,6 +401,8 @@ class Scheduler:
         self.num_decisions += 1
         pred_latency = self._predict_pending(now_s)
         contenders, continuing = self._split_running()
+        if self.policy.uses_predictions:
+            self._observe_ranking(contenders)
         out = SchedulerOutput(now_s=now_s, batch=WindowBatch(self.worker_id, []))
         selected, preempted = self._select(contenders, continuing, now_s, out)
         for r in preempted:
@@ -414,16 +430,36 @@ class Scheduler:
         todo = self._pending + [r for r in self.running if r.needs_prediction]
         if not todo:
             return 0.0
-        preds, latency_s = self.predictor.predict(todo)  # type: ignore[union-attr]
-        for r, p in zip(todo, preds, strict=True):
-            self._set_prediction(r, float(p))
+        point = [r for r in todo if r.needs_prediction]  # pending ones may hold the frontend's
+        latency_s = 0.0
+        if point:
+            preds, latency_s = self.predictor.predict(point)  # type: ignore[union-attr]
+            for r, p in zip(point, preds, strict=True):
+                self._set_prediction(r, float(p))
+        if self.policy.quantile_levels is not None:
+            qs = self.predictor.predict_quantiles(todo, self.policy.quantile_levels)  # type: ignore[union-attr]
+            for r, q in zip(todo, qs, strict=True):
+                r.predicted_quantiles = q
         for r in self._pending:
             r.sort_key = self.policy.sort_key(r)
             self.buffer.push(r, now_s)
         self._pending = []
-        self.num_predictions += len(todo)
+        self.num_predictions += len(point)
         self.predictor_latency_total_s += latency_s
         return latency_s
+
+    def _observe_ranking(self, contenders: list[Request]) -> None:
+        """τ between predicted and true remaining tokens of the requests competing now."""
+        group = [r for r in self.buffer.requests() if r.predicted_remaining_tokens is not None] + [
+            r for r in contenders if r.predicted_remaining_tokens is not None
+        ]
+        if len(group) < 2 or group[0].true_num_output_tokens is None:
+            return
+        if any(r.true_num_output_tokens is None for r in group):
+            return
+        pred = np.fromiter((r.predicted_remaining_tokens for r in group), np.float64, len(group))
+        true = np.fromiter((r.true_remaining_tokens for r in group), np.float64, len(group))
+        self.ranking.observe(pred, true)
 
     def _set_prediction(self, r: Request, predicted: float) -> None:
         self._set_load(r, predicted)
@@ -448,7 +484,7 @@ class Scheduler:
     ) -> tuple[list[Request], list[Request]]:
         """Fill free slots from at-boundary contenders (with margin) and the buffer."""
         policy = self.policy
-        ranked = sorted(contenders, key=policy.sort_key)
+        ranked = sorted(contenders, key=lambda r: self._contender_rank(r, now_s))
         free = self.max_batch_size - len(continuing)
         reserved = sum(r.num_context_tokens + self._max_new(r) for r in continuing)
         selected: list[Request] = []
@@ -458,7 +494,7 @@ class Scheduler:
             c = ranked[i] if i < len(ranked) else None
             if c is None and top is None:
                 break
-            take_contender = c is not None and (top is None or self._incumbent_keeps(c, top))
+            take_contender = c is not None and (top is None or self._incumbent_keeps(c, top, now_s))
             r = c if take_contender else top[1]  # type: ignore[index]
             need = r.num_context_tokens + self._max_new(r)
             never = self._never_fits(r)
@@ -484,7 +520,13 @@ class Scheduler:
         preempted = ranked[i:]
         return selected, preempted
 
-    def _incumbent_keeps(self, incumbent: Request, top: tuple[int, Request]) -> bool:
+    def _contender_rank(self, r: Request, now_s: float) -> tuple:
+        """Order of at-boundary contenders: promoted-by-age ones first, oldest first (tier 0)."""
+        if self.buffer.is_promoted(r, now_s):
+            return (0, r.arrival_time_s, r.arrival_seq)
+        return (1, self.policy.sort_key(r))
+
+    def _incumbent_keeps(self, incumbent: Request, top: tuple[int, Request], now_s: float = 0.0) -> bool:
         """Whether the at-boundary ``incumbent`` keeps its slot against the buffer's best.
 
         The challenger displaces it only if promoted (tier 0) or if its key is lower by MORE
@@ -493,6 +535,9 @@ class Scheduler:
         not ping-pong (and pay no pointless preemption/re-prefill).
         """
         tier, challenger = top
+        if self.buffer.is_promoted(incumbent, now_s):  # promote_by='age': FCFS among the old
+            return tier == 1 or (incumbent.arrival_time_s, incumbent.arrival_seq) <= (
+                challenger.arrival_time_s, challenger.arrival_seq)
         if tier == 0:
             return False
         return not challenger.sort_key[0] < self.policy.sort_key(incumbent)[0] - self.preemption_margin
@@ -608,7 +653,7 @@ class Scheduler:
                     "tokens without finishing"
                 )
             r.at_boundary = n == item.max_new_tokens and self.uses_boundaries
-            if r.at_boundary and self.policy.name == "isrtf":
+            if r.at_boundary and self.policy.uses_predictions and self.policy.repredicts:
                 r.needs_prediction = True
             still.append(r)
         self.running = still

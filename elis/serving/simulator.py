@@ -19,6 +19,11 @@ starts after ``overhead_s`` → ``SimWorker.execute`` gives each item's tokens a
 at the window's end ``Scheduler.update``. In continuous mode, an arrival at a worker with a
 free slot cuts the running segment at the first decode-step boundary at or after the arrival
 (at least one step), so the slot is refilled at the next decode step, as in vLLM.
+
+This is the GENERAL path (the per-window ``WindowBatch``/``WindowResult`` protocol real
+workers use). ``elis.serving.fastsim.FastSimulator`` applies the same rules on flat state,
+with identical records, ~5-10x faster; ``elis.experiments.run.simulate`` picks it when the
+configuration is supported (``worker.sim_path``).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from elis.serving.cost_model import CostModel
 from elis.serving.load_balancer import LoadBalancer
 from elis.serving.metrics import RequestRecorder, check_invariants
 from elis.serving.prediction import PredictionService
+from elis.serving.ranking import ranking_counters
 from elis.serving.request import Request, RequestStatus
 from elis.serving.scheduler import Scheduler, SchedulerOutput
 from elis.serving.workers.base import WindowResult
@@ -107,6 +113,7 @@ class RequestTable:
         """The ``Request`` for row ``i``."""
         return Request(
             request_id=self.request_id(i),
+            arrival_seq=i,
             prompt=self.prompts[i] if self.prompts is not None else "",
             arrival_time_s=float(self.arrival_time_s[i]),
             num_prompt_tokens=int(self.num_prompt_tokens[i]),
@@ -159,7 +166,7 @@ class Simulator:
         self.cost_model = cost_model
         self.lb = load_balancer
         self.prediction = prediction
-        self.recorder = recorder or RequestRecorder()
+        self.recorder = recorder if recorder is not None else RequestRecorder()
         self.active: dict[str, Request] = {}
         self.workers = [SimWorker(i, cost_model, self.active.__getitem__, reveal_text) for i in range(len(schedulers))]
         n = len(schedulers)
@@ -309,4 +316,6 @@ class Simulator:
             "num_kv_drops": sum(x.num_kv_drops for x in s),
             "predictor_overhead_s": sum(x.predictor_latency_total_s for x in s) + self.frontend_predictor_s,
             "scheduling_overhead_s": sum(x.scheduling_overhead_total_s for x in s),
+            **ranking_counters(s),
+            "sim_path": "general",
         }

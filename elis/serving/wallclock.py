@@ -5,6 +5,9 @@
 ``RequestTable`` with the same ``Scheduler`` / load balancer / ``RequestRecorder`` code as
 ``elis.serving.simulator``, but time is ``time.perf_counter()`` since the run started:
 
+* the same ``WallClockRunner`` also serves open-ended traffic: the HTTP gateway
+  (``elis.serving.gateway``) drives it through ``submit`` / ``cancel`` / ``step`` instead of a
+  table (one request path for experiments and serving);
 * arrivals are admitted when the clock passes ``arrival_time_s × worker.time_scale``;
 * each worker runs its windows in its own executor (a thread for ``cluster=local``, a Ray
   actor for ``cluster=ray``, see ``elis.serving.workers.ray_worker``), so workers run
@@ -15,6 +18,9 @@
 * continuous mode: a running segment cannot be cut from outside, so decode segments are
   bounded by ``worker.continuous_max_steps`` decode steps, after which the scheduler
   decides again (an arrival waits at most that many steps for a free slot);
+* per-request errors: a ``WindowResult.error`` (the worker could not run that item: empty
+  prompt without BOS, context too long, HTTP 4xx) fails that request alone; a window that
+  raises anything but a worker death fails that window's requests, the worker stays alive;
 * faults: a worker whose window raises (a killed Ray actor: ``RayActorError``) is marked
   dead; the requests of that window and of its buffer return to live workers with the
   tokens confirmed by earlier windows (the failed window's tokens are discarded), and the
@@ -42,13 +48,19 @@ from typing import Any
 import numpy as np
 
 from elis.serving.metrics import RequestRecorder, check_invariants, summarize
+from elis.serving.ranking import ranking_counters
 from elis.serving.request import Request, RequestStatus
+
+from elis.serving.workers.base import WorkerDied  # noqa: F401  (re-exported: the runner's fault kind)
 
 log = logging.getLogger(__name__)
 
+_DEATH_TYPES = ("WorkerDied", "RayActorError", "ActorDiedError", "ActorUnavailableError")
 
-class WorkerDied(RuntimeError):
-    """A worker stopped mid-window (real crash or injected fault)."""
+
+def is_worker_death(exc: BaseException) -> bool:
+    """Whether ``exc`` from a window means the worker is gone (vs. an error of that batch)."""
+    return any(c.__name__ in _DEATH_TYPES for c in type(exc).__mro__)
 
 
 @dataclass(slots=True)
@@ -96,6 +108,13 @@ class LocalWorkerHandle:
 
     def set_sampling_streams(self, streams: dict[str, str]) -> None:
         self.worker.sampling_streams = dict(streams)
+
+    def set_token_listener(self, fn) -> bool:
+        """Stream ``(request_id, token_id)`` as the worker generates (False: not supported)."""
+        if not hasattr(self.worker, "token_listener"):
+            return False
+        self.worker.token_listener = fn
+        return True
 
     def stats(self) -> dict:
         st = getattr(self.worker, "stats", None)
@@ -178,6 +197,7 @@ class WallClockRunner:
         self.schedule_wall_s = 0.0
         self.frontend_predictor_wall_s = 0.0
         self.num_cancelled = 0
+        self.num_batch_errors = 0
         self.num_finished = 0
         self.num_failed = 0
         self._t0 = 0.0
@@ -204,6 +224,7 @@ class WallClockRunner:
             timeout = max(float(arrivals[i]) - self.now(), 0.0) if i < n else None
             if not self.step(timeout) and i >= n and not self._inflight and not self.has_work:
                 break
+            self._log_progress(i, n)
         wall_s = self.now()
         df = self.recorder.to_frame()
         # The real model decides each length, so the simulator's "generated exactly the true
@@ -214,6 +235,17 @@ class WallClockRunner:
         for s in self.schedulers:
             s.check_idle()
         return df, self._counters(wall_s)
+
+    PROGRESS_EVERY_S = 30.0
+
+    def _log_progress(self, arrived: int, n: int) -> None:
+        """A plain progress line every ``PROGRESS_EVERY_S`` wall seconds (long real runs)."""
+        now = self.now()
+        if now - getattr(self, "_last_progress_s", 0.0) < self.PROGRESS_EVERY_S:
+            return
+        self._last_progress_s = now
+        log.info("wall-clock run: %.0f s, %d/%d arrived, %d done, %d in flight",
+                 now, arrived, n, arrived - len(self.active), len(self.active))
 
     @property
     def has_work(self) -> bool:
@@ -340,8 +372,11 @@ class WallClockRunner:
             self._inflight_ids.pop(r.request_id, None)
         try:
             results = fut.result()
-        except Exception as exc:  # a dead worker: Ray raises RayActorError, threads WorkerDied
-            self._on_fault(w, out, exc)
+        except Exception as exc:
+            if is_worker_death(exc):  # Ray raises RayActorError, threads and servers WorkerDied
+                self._on_fault(w, out, exc)
+            else:  # the worker is alive; this batch's requests fail with the error
+                self._on_batch_error(w, out, exc)
             return
         s = self.schedulers[w]
         now = self.now()
@@ -373,6 +408,18 @@ class WallClockRunner:
             self.listener.on_terminal(r)
 
     # ------------------------------------------------------------------ faults
+    def _on_batch_error(self, w: int, out, exc: Exception) -> None:
+        """A window raised without killing its worker (an engine error on some input): the
+        requests of that window fail with the error; the worker keeps serving the others.
+        (Real workers check each item first, ``WindowResult.error``, so this is the net.)"""
+        reason = f"worker {w} failed a window of {len(out.scheduled)} request(s): {type(exc).__name__}: {exc}"[:500]
+        self.num_batch_errors += 1
+        log.error("%s", reason)
+        s = self.schedulers[w]
+        for r in out.scheduled:
+            if s.abort_request(r, reason, self.now()):
+                self._finalize(r)
+
     def _on_fault(self, w: int, out, exc: Exception) -> None:
         now = self.now()
         self.alive[w] = False
@@ -390,7 +437,10 @@ class WallClockRunner:
                     self._finalize(r)
                 return
             raise RuntimeError(f"all workers failed; last fault: {fault.error}") from exc
-        for r in sorted(orphans, key=lambda r: (r.arrival_time_s, r.request_id)):
+        rollback = getattr(self.listener, "on_rollback", None)
+        for r in sorted(orphans, key=lambda r: (r.arrival_time_s, r.arrival_seq)):
+            if rollback is not None:
+                rollback(r)
             self._requeue(r, now)
 
     def _requeue(self, r: Request, now: float) -> None:
@@ -413,6 +463,9 @@ class WallClockRunner:
             "schedule_wall_s": self.schedule_wall_s,
             "frontend_predictor_wall_s": self.frontend_predictor_wall_s,
             "num_worker_faults": len(self.faults),
+            **ranking_counters(s),
+            "num_batch_errors": self.num_batch_errors,
+            "num_cancelled": self.num_cancelled,
             "faults": [
                 {"worker_id": f.worker_id, "time_s": f.time_s, "error": f.error,
                  "num_requeued": len(f.requeued_request_ids), "requeued_request_ids": f.requeued_request_ids}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
 from elis.experiments.report import comparison_frame, load_variants, oracle_gain_share, write_comparison
@@ -36,6 +37,41 @@ def test_changes_and_oracle_share(tmp_path):
 def test_missing_runs_raise(tmp_path):
     with pytest.raises(FileNotFoundError, match="no metrics.json"):
         load_variants(tmp_path)
+
+
+def test_share_of_oracle_gain_per_variant_same_mode(tmp_path):
+    _variant(tmp_path, "fcfs_windowed", "fcfs", "windowed", 10.0)
+    _variant(tmp_path, "las_windowed", "las", "windowed", 11.0)
+    _variant(tmp_path, "isrtf_windowed", "isrtf", "windowed", 7.0)
+    _variant(tmp_path, "srtf_oracle_windowed", "srtf_oracle", "windowed", 6.0)
+    _variant(tmp_path, "las_continuous", "las", "continuous", 5.0)  # no continuous fcfs/oracle
+    comp = comparison_frame(load_variants(tmp_path)).set_index("name")
+    assert comp.loc["isrtf_windowed", "oracle_gain_share"] == pytest.approx(0.75)  # 1 − (7−6)/(10−6)
+    assert comp.loc["las_windowed", "oracle_gain_share"] == pytest.approx(-0.25)  # worse than FCFS
+    assert comp.loc["srtf_oracle_windowed", "oracle_gain_share"] == pytest.approx(1.0)
+    assert pd.isna(comp.loc["las_continuous", "oracle_gain_share"])
+    assert "-25.0%" in write_comparison(tmp_path)[0].read_text()
+
+
+def test_tail_tradeoff_picks_the_best_target_meeting_setting(tmp_path):
+    from elis.experiments.tradeoff import best_setting, tradeoff_frame
+
+    def v(name, policy, jct, p99, aging=0.0, promote=None):
+        d = tmp_path / "variants" / name
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"jct_mean_s": jct, "jct_p99_s": p99}))
+        (d / "variant.json").write_text(json.dumps({"name": name, "policy": policy, "mode": "windowed",
+                                                    "aging_tokens_per_s": aging, "promote_after_s": promote}))
+
+    v("fcfs_windowed", "fcfs", 10.0, 50.0)
+    v("isrtf_windowed", "isrtf", 6.0, 80.0)
+    v("isrtf_aging_1", "isrtf", 6.4, 55.0, aging=1.0)  # keeps 90% of the gain, p99 too high
+    v("isrtf_aging_5", "isrtf", 6.8, 49.0, aging=5.0)  # 80% of the gain, p99 below FCFS: meets
+    v("isrtf_aging_20", "isrtf", 8.0, 45.0, aging=20.0)  # 50%: fails
+    f = tradeoff_frame(tmp_path).set_index("name")
+    assert f.loc["isrtf_aging_1", "isrtf_gain_share"] == pytest.approx(0.9)
+    assert list(f.index[f["meets_target"]]) == ["isrtf_aging_5"]
+    assert best_setting(f.reset_index())["name"] == "isrtf_aging_5"
 
 
 def test_failures_are_in_every_table_and_nothing_finished_is_an_error(tmp_path):

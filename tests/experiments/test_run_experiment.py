@@ -53,13 +53,14 @@ def test_compare_preset_writes_table_and_plots(tiny, compose_cfg):
     out = run(cfg)
     d = Path(out["output_dir"])
     names = {k for k in out if k != "output_dir"}
-    assert names == {f"{p}_{m}" for p in ("fcfs", "sjf", "isrtf", "srtf_oracle") for m in ("windowed", "continuous")}
+    assert names == {f"{p}_{m}" for p in ("fcfs", "sjf", "isrtf", "srtf_oracle", "las", "mlfq", "gittins")
+                     for m in ("windowed", "continuous")}
     # identical workload for every variant
     arrivals = {n: pd.read_parquet(d / "variants" / n / "requests.parquet").sort_values("request_id")
                 ["arrival_time_s"].tolist() for n in names}
     assert len({tuple(v) for v in arrivals.values()}) == 1
     md = (d / "comparison.md").read_text()
-    assert "isrtf_continuous" in md and "Share of oracle-SRTF" in md
+    assert "isrtf_continuous" in md and "Share of oracle-SRTF" in md and "realised" in md
     csv = pd.read_csv(d / "comparison.csv")
     assert set(csv["name"]) == names and "jct_mean_s_vs_fcfs_continuous_pct" in csv
     for p in ("jct_cdf.png", "jct_by_bucket.png", "queuing_delay.png"):
@@ -113,6 +114,29 @@ def test_wandb_offline_logging(tiny, compose_cfg, monkeypatch):
     assert list((Path(cfg.paths.output_dir) / "wandb").glob("offline-run-*"))
 
 
+def test_compare_seeds_table_mean_and_interval_over_seeds(tiny, compose_cfg):
+    variants = ("compare.variants=[{name: fcfs_windowed, policy: fcfs, mode: windowed, preemption: false},"
+                "{name: isrtf_windowed, policy: isrtf, mode: windowed},"
+                "{name: srtf_oracle_windowed, policy: srtf_oracle, mode: windowed}]")
+    cfg = compose_cfg("run_experiment", BASE + ["preset=compare", variants, "compare.seeds=[0,1,2]", "num_workers=1"])
+    out = run(cfg)
+    d = Path(out["output_dir"])
+    per_seed = {s: json.loads((d / "seeds" / str(s) / "variants" / "isrtf_windowed" / "metrics.json").read_text())
+                for s in (0, 1, 2)}
+    assert [m["seed"] for m in per_seed.values()] == [0, 1, 2]
+    assert per_seed[0]["requested_rate_rps"] == 2.0 and per_seed[0]["offered_rate_rps"] != 2.0  # realised
+    tab = pd.read_csv(d / "comparison.csv").set_index("name")
+    jct = [m["jct_mean_s"] for m in per_seed.values()]
+    assert tab.loc["isrtf_windowed", "jct_mean_s_mean"] == pytest.approx(sum(jct) / 3)
+    sd = pd.Series(jct).std(ddof=1)
+    assert tab.loc["isrtf_windowed", "jct_mean_s_ci95"] == pytest.approx(4.302652729911275 * sd / 3 ** 0.5)
+    # the oracle captures all of its own gain, FCFS none, on every seed
+    assert tab.loc["srtf_oracle_windowed", "oracle_gain_share_mean"] == pytest.approx(1.0)
+    assert tab.loc["fcfs_windowed", "oracle_gain_share_mean"] == pytest.approx(0.0)
+    md = (d / "comparison.md").read_text()
+    assert "95% Student-t interval over 3 seeds" in md and "realised" in md
+
+
 def test_run_where_nothing_finishes_writes_correct_metrics(tiny, compose_cfg):
     # Issue 11 item 12: kv_capacity_tokens=1 -> every request is rejected at arrival with a reason.
     from elis.experiments.report import no_completion_message
@@ -127,3 +151,41 @@ def test_run_where_nothing_finishes_writes_correct_metrics(tiny, compose_cfg):
     rec = pd.read_parquet(d / "requests.parquet")
     assert (rec["status"] == "FAILED").all() and rec["jct_s"].isna().all() and rec["ttft_s"].isna().all()
     assert no_completion_message(out) is not None
+
+
+def test_every_sched_option_builds_its_policy_class(compose_cfg):
+    # each conf/sched/*.yaml builds the policy class its `policy` names, with its policy_params
+    from elis.experiments.run import build_schedulers, variants_of
+    from elis.predictor.simple import NoisyOraclePredictor
+    from elis.serving.cost_model import CostModel
+    from elis.serving.prediction import PredictionService
+
+    pred = PredictionService(NoisyOraclePredictor(), latency_source="zero")
+    for f in sorted((CONFIG_DIR / "sched").glob("*.yaml")):
+        cfg = compose_cfg("run_experiment", [f"sched={f.stem}"])
+        (_, sched), = variants_of(cfg)
+        s = build_schedulers(sched, 1, 4, 50, None, pred, CostModel())[0]
+        assert s.policy.name == cfg.sched.policy and s.mode == cfg.sched.mode, f.stem
+
+
+def test_sim_path_auto_runs_the_fast_path_with_the_general_paths_records(tiny, compose_cfg, caplog):
+    import logging
+
+    def run_path(path):
+        sub = tiny / f"path-{path}"
+        cfg = compose_cfg("run_experiment", BASE + ["sched=isrtf", f"worker.sim_path={path}", f"paths.output_dir={sub}"])
+        with caplog.at_level(logging.INFO, logger="elis.serving.runtime"):
+            run(cfg)
+        return pd.read_parquet(sub / "requests.parquet"), json.loads((sub / "metrics.json").read_text())
+
+    fast, m_fast = run_path("auto")
+    assert m_fast["sim_path"] == "fast" and "simulation path: fast" in caplog.text
+    general, m_general = run_path("general")
+    assert m_general["sim_path"] == "general"
+    pd.testing.assert_frame_equal(fast, general, check_exact=True)
+    caplog.clear()
+    cfg = compose_cfg("run_experiment", BASE + ["sched=isrtf", "worker.kv_capacity_tokens=100000",
+                                                f"paths.output_dir={tiny / 'kv'}"])
+    with caplog.at_level(logging.INFO, logger="elis.serving.runtime"):
+        run(cfg)
+    assert "simulation path: general (fast path not used: worker.kv_capacity_tokens" in caplog.text

@@ -49,3 +49,10 @@ def test_select_generators_filters_and_names_unknown():
     assert select_generators(df, ["a", "c"])["x"].tolist() == [1, 3, 4]
     with pytest.raises(ValueError, match=r"\['zz'\].*valid: \['a', 'b', 'c'\]"):
         select_generators(df, ["zz"])
+
+
+def test_capacity_counts_outputs_capped_at_max_tokens():
+    # outputs of 10 tokens capped at 4: B=4 requests share 4 steps + EOS = 0.5 s → 8 req/s;
+    # 1 req/s offered → load 0.125 (uncapped it would be 0.275)
+    load = warn_if_overloaded(_wl([0.0, 1.0, 2.0]), CM, max_batch_size=4, num_workers=1, max_tokens=4)
+    assert load == pytest.approx(1 / 8)

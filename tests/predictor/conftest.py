@@ -101,6 +101,5 @@ def train_overrides(tiny_bert_dir: str, *extra: str) -> list[str]:
         "predictor.head.hidden_dim=32",
         "predictor.head.num_hidden_layers=2",
         "trainer.max_epochs=3",
-        "callbacks.progress_bar.refresh_rate=0",
         *extra,
     ]

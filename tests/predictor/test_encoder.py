@@ -84,7 +84,10 @@ def test_bad_settings_name_the_field(tiny_bert, minilm_tokenizer):
 
 def test_offline_hub_failure_names_the_offline_config(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(RuntimeError, match="predictor=minilm"):
+    from elis.cli import UserError
+
+    with pytest.raises(UserError, match="predictor.encoder.model_name='BAAI/bge-nonexistent-test-model'.*"
+                                        "local.*predictor=minilm"):
         TextEncoder("BAAI/bge-nonexistent-test-model")
 
 

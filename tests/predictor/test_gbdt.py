@@ -198,6 +198,11 @@ def test_train_py_gbdt_end_to_end(compose_cfg, tmp_path, tiny_bert_dir):
     assert isinstance(pred, GbdtPredictor)
     out = pred.predict_remaining([PredictionQuery("Question 1: explain", "w1 w2", 50, generator="gen-a")])
     assert out.shape == (1,) and np.isfinite(out).all()
+    # Its encoder counters reach metrics.json of every run that predicts (num_truncated...).
+    from elis.serving.prediction import predictor_stats
+
+    emb = predictor_stats(pred)["embedding"]
+    assert emb["num_texts"] + emb["cache_hits"] == 1 and emb["num_truncated"] == 0
     ev = run(compose_cfg("train", ["predictor=gbdt", *over, *small, "train=false",
                                    "subset.ood_generators=[gen-b]"]))
     assert ev["eval"]["test"]["raw"]["overall"]["mae"] == pytest.approx(test["raw"]["overall"]["mae"])

@@ -60,6 +60,8 @@ def test_logged_validation_metrics_accumulate_in_float64():
     module = LengthRegressor(head={"input_dim": 4, "num_hidden_layers": 1, "hidden_dim": 4})
     logged: dict[str, float] = {}
     module.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
+    module.to(torch.float32)  # as load_from_checkpoint does: casts the metric states too
+    module.on_validation_epoch_start()
     for sl in np.array_split(np.arange(y.size), 8):  # 8 validation batches, float32 like the loader
         z = torch.tensor(pred[sl], dtype=torch.float32)
         module.forward = lambda batch, z=z: z

@@ -149,6 +149,7 @@ def test_stop_string_spanning_a_window_boundary(model_tok, served):
     ({"prompt": [1, 2, 999]}, "prompt", 400),
     ({"prompt": "hi", "stop": [1]}, "stop", 400),
     ({"prompt": "hi", "n": 2}, "n", 400),
+    ({"prompt": "hi", "seed": -1}, "seed", 400),
     ({"prompt": "hi", "max_tokens": 600}, "max_tokens", 400),      # 2 + 600 > 512 positions
     ({"prompt": "x" * 700, "max_tokens": 5}, "prompt", 400),       # prompt alone > 512
 ])
@@ -315,3 +316,78 @@ def test_serve_config_composes_and_builds_a_gateway_over_remote_servers(model_to
         for h in rt.handles:
             h.worker.close()
         _HANDLES.clear()
+
+
+def test_tokens_stream_as_they_are_generated_inside_a_window(model_tok):
+    """W=50 > max_tokens: one window, yet one SSE chunk per visible token (char tokenizer),
+    each with its own token id when return_token_ids is set."""
+    import httpx
+
+    model, tok = model_tok
+    ids, text = reference(model, tok, "beta gamma", 9)
+    with Served(hf_runtime(model, tok, window_tokens=50)) as s:
+        chunks = [ch for ch in s.client().completions.create(model="tiny", prompt="beta gamma", max_tokens=9,
+                                                             stream=True) if ch.choices[0].text]
+        with httpx.stream("POST", s.url + "/v1/completions", timeout=30, json={
+                "prompt": "beta gamma", "max_tokens": 9, "stream": True, "return_token_ids": True}) as r:
+            got = [json.loads(ln[5:]) for ln in r.iter_lines() if ln.startswith("data: {")]
+    assert [ch.choices[0].text for ch in chunks] == list(text)
+    assert [c["choices"][0]["token_ids"] for c in got if c["choices"][0]["token_ids"]] == [[t] for t in ids]
+
+
+class _Slow:
+    """An in-process worker that takes 0.3 s more per window (so a client can give up mid-run)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.worker_id = inner, inner.worker_id
+
+    def execute(self, batch, start_s):
+        time.sleep(0.3)
+        return self.inner.execute(batch, start_s)
+
+
+def test_non_streaming_client_that_gives_up_cancels_its_request(model_tok):
+    import httpx
+
+    from elis.serving.wallclock import LocalWorkerHandle
+
+    model, tok = model_tok
+    rt = hf_runtime(model, tok, max_batch_size=1)
+    rt.handles = [LocalWorkerHandle(_Slow(h.worker)) for h in rt.handles]
+    with Served(rt) as s:
+        with pytest.raises(httpx.ReadTimeout):  # 3+ windows of 5 tokens take > 0.9 s
+            httpx.post(s.url + "/v1/completions", json={"prompt": "delta 123", "max_tokens": 40}, timeout=0.5)
+        _wait(lambda: _metric(s.url, "elis:request_cancelled_total") == 1)
+        assert _metric(s.url, "elis:num_requests_running") == 0
+        assert _metric(s.url, "elis:generation_tokens_total") < 40
+
+
+def test_remote_worker_text_resume_mode(model_tok, served):
+    """worker.resume=text: prompt text + generated text each window, counts from `usage`.
+    On this output (no special tokens) re-encoding is exact: same text, no mismatch counted."""
+    from elis.serving.load_balancer import RoundRobin
+    from elis.serving.runtime import Runtime, build_schedulers
+    from elis.serving.wallclock import LocalWorkerHandle
+    from elis.serving.workers.remote import RemoteOpenAIWorker
+
+    model, tok = model_tok
+    ids, text = reference(model, tok, "delta 123", 14)
+    worker = RemoteOpenAIWorker(0, served.url, "tiny", tok, resume="text")
+    scheds = build_schedulers({"policy": "fcfs"}, 1, 2, W, None, None, None, worker.max_context_tokens)
+    with Served(Runtime(scheds, RoundRobin(), [LocalWorkerHandle(worker)], None, tok, 512)) as front:
+        r = front.client().completions.create(model="tiny", prompt="delta 123", max_tokens=14)
+    worker.close()
+    assert (r.choices[0].text, r.usage.completion_tokens) == (text, len(ids)) and len(ids) == 14
+    assert worker.stats.num_http_requests == 3 and worker.stats.num_text_resume_mismatches == 0
+
+
+def test_a_seeded_sampled_request_is_reproducible(served):
+    c = served.client()
+
+    def ask(seed):
+        return c.completions.create(model="tiny", prompt="beta", max_tokens=12, temperature=1.0,
+                                    seed=seed).choices[0].text
+
+    a, b, other = ask(7), ask(7), [ask(s) for s in (8, 9, 10)]
+    assert a == b
+    assert any(o != a for o in other)  # the seed matters (3 other seeds: not all equal to it)

@@ -140,3 +140,34 @@ def test_hf_worker_rejects_a_window_beyond_the_context_per_item(model_tok):
     res = w.execute(WindowBatch(0, [long, ok]), 0.0)
     assert res[0].error is not None and "max_context_tokens=512" in res[0].error and res[0].num_new_tokens == 0
     assert res[1].error is None and res[1].num_new_tokens >= 1
+
+
+class _Picky:
+    """An in-process worker that raises (a plain engine error, not a death) on request 'bad'."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.worker_id = inner.worker_id
+
+    def execute(self, batch, start_s):
+        if any(it.request_id == "bad" for it in batch.items):
+            raise RuntimeError("engine blew up on this input")
+        return self.inner.execute(batch, start_s)
+
+
+def test_a_window_error_fails_its_requests_not_the_worker(model_tok):
+    from elis.serving.wallclock import LocalWorkerHandle
+
+    model, tok = model_tok
+    rt = hf_runtime(model, tok, num_workers=2, max_batch_size=1)
+    rt.handles = [LocalWorkerHandle(_Picky(h.worker)) for h in rt.handles]
+    runner = _runner(rt)
+    reqs = [_req(rid, [5, 6], 7) for rid in ("a", "bad", "b", "c")]
+    for r in reqs:
+        runner.submit(r)
+    _run_until(runner, lambda: all(r.status.is_terminal for r in reqs))
+    st = {r.request_id: r.status for r in reqs}
+    assert st == {"a": RequestStatus.FINISHED, "bad": RequestStatus.FAILED, "b": RequestStatus.FINISHED,
+                  "c": RequestStatus.FINISHED}
+    assert "engine blew up" in reqs[1].fail_reason
+    assert runner.alive == [True, True] and runner.faults == [] and runner.num_batch_errors == 1

@@ -42,20 +42,21 @@ def test_errors_name_the_problem():
         SchedulingPolicy("isrtf", aging_tokens_per_s=-1)
 
 
-def test_ties_break_on_arrival_then_request_id():
+def test_ties_break_on_arrival_then_arrival_seq_not_id():
     pol = SchedulingPolicy("srtf_oracle")
     buf = PriorityBuffer()
-    for r in [req("b", 1.0, 10), req("c", 0.5, 10), req("a", 1.0, 10), req("z", 9.0, 3)]:
+    for seq, r in enumerate([req("b", 1.0, 10), req("c", 0.5, 10), req("a", 1.0, 10), req("z", 9.0, 3)]):
+        r.arrival_seq = seq
         r.sort_key = pol.sort_key(r)
         buf.push(r, 0.0)
     order = [buf.pop(10.0).request_id for _ in range(4)]
-    assert order == ["z", "c", "a", "b"]
+    assert order == ["z", "c", "b", "a"]  # b was submitted before a (seq 0 < 2)
     assert buf.pop(10.0) is None and len(buf) == 0
 
 
-def test_simultaneous_equal_jobs_served_in_id_order():
+def test_simultaneous_equal_jobs_served_in_arrival_order_whatever_the_ids():
     res, _ = simulate(make_table([3, 3, 3], ids=["r2", "r0", "r1"]), make_schedulers("srtf_oracle", window_tokens=1))
-    assert list(res.records["request_id"]) == ["r0", "r1", "r2"]  # finish order
+    assert list(res.records["request_id"]) == ["r2", "r0", "r1"]  # finish order = submission order
 
 
 def test_aging_sort_key_orders_like_effective_key():

@@ -35,6 +35,12 @@ from typing import Protocol, runtime_checkable
 FINISH_REASONS: tuple[str, ...] = ("eos", "length", "stop", "abort")
 
 
+class WorkerDied(RuntimeError):
+    """A worker stopped mid-window (crash, unreachable server, injected fault): the runner
+    marks it dead and requeues its requests. Any OTHER exception from ``execute`` is a batch
+    error: the worker stays alive and only that window's requests fail (with the error)."""
+
+
 @dataclass(slots=True)
 class WindowItem:
     """One request's share of a window.

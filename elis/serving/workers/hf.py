@@ -262,7 +262,8 @@ class HFWindowEngine:
         return None
 
     def run_window(
-        self, items: Sequence[WindowItem], stop_on_first: bool = False, max_steps: int | None = None
+        self, items: Sequence[WindowItem], stop_on_first: bool = False, max_steps: int | None = None,
+        on_token: Callable[[str, int], None] | None = None,
     ) -> list[WindowOutput]:
         """Generate up to ``item.budget()`` tokens for every item, batched.
 
@@ -271,6 +272,9 @@ class HFWindowEngine:
             stop_on_first: return as soon as any item stops (finished or budget used):
                 every item then reports the same number of tokens (continuous batching).
             max_steps: return after at most this many tokens per item (None: no limit).
+            on_token: called ``(request_id, token_id)`` right after each content token is
+                chosen (not for EOS or an aborted row), on the calling thread: lets a server
+                stream tokens while the window runs.
 
         Returns:
             One ``WindowOutput`` per item, in the items' order.
@@ -329,6 +333,8 @@ class HFWindowEngine:
                         reasons[i] = FINISH_LENGTH
                     elif len(new_tokens[i]) < budgets[i]:
                         keep.append(r)
+                    if on_token is not None and reasons[i] not in (FINISH_ABORT, FINISH_EOS):
+                        on_token(items[i].request_id, tok)
                 stop = not keep or (stop_on_first and len(keep) < len(rows)) or (
                     max_steps is not None and len(new_tokens[rows[0]]) >= max_steps)
                 if stop:
@@ -639,8 +645,13 @@ def load_causal_lm(
             model.save_pretrained(target)
         name_or_path = str(target)
     log.info("loading causal LM %s (%s, %s)", name_or_path, dtype, device)
-    tok = AutoTokenizer.from_pretrained(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype).to(device)
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype).to(device)
+    except OSError as err:
+        from elis.cli import model_unavailable
+
+        raise model_unavailable("worker.model.name_or_path", name_or_path, err) from err
     return model.eval(), tok
 
 
@@ -694,6 +705,8 @@ class HFWorker:
         self.sampling_streams = dict(sampling_streams or {})
         self.eos_token_ids = tuple(eos_token_ids) if eos_token_ids is not None else None
         self.stats = HFWorkerStats()
+        # (request_id, token_id) → None, called as tokens are chosen (the gateway streams them)
+        self.token_listener: Callable[[str, int], None] | None = None
         self._prompt_ids: dict[str, list[int]] = {}
 
     def prompt_token_ids(self, request_id: str, prompt: str, given: Sequence[int] | None) -> list[int]:
@@ -714,6 +727,15 @@ class HFWorker:
     def cancel(self, request_id: str, reason: str = "aborted") -> None:
         """Abort ``request_id``'s window in flight (thread-safe; see ``HFWindowEngine.cancel``)."""
         self.engine.cancel(request_id, reason)
+
+    def _stream(self, it) -> str | None:
+        """The item's sampling stream: a replayed generation's name, else for a request with
+        its own ``seed`` a fixed name (its draws then depend on (seed, position) only, so the
+        same seeded request gives the same answer), else None (the request id)."""
+        name = self.sampling_streams.get(it.request_id)
+        if name is None and it.sampling is not None and getattr(it.sampling, "seed", None) is not None:
+            name = "seeded-request"
+        return name
 
     def _sampling(self, opts) -> SamplingParams | None:
         """A request's ``SamplingOptions`` over the engine's defaults (None: the defaults)."""
@@ -748,7 +770,7 @@ class HFWorker:
                     max_new_tokens=it.max_new_tokens,
                     max_tokens=it.max_tokens,
                     eos_token_ids=self.eos_token_ids,
-                    sampling_stream=self.sampling_streams.get(it.request_id),
+                    sampling_stream=self._stream(it),
                     sampling=self._sampling(it.sampling),
                 )
                 reason = self.engine.check_item(wi)
@@ -759,7 +781,8 @@ class HFWorker:
                 continue
             run_idx.append(i)
             items.append(wi)
-        outs = self.engine.run_window(items, stop_on_first=batch.stop_on_first, max_steps=batch.max_steps)
+        outs = self.engine.run_window(items, stop_on_first=batch.stop_on_first, max_steps=batch.max_steps,
+                                      on_token=self.token_listener)
         timing = self.engine.last_timing
         by_idx = dict(zip(run_idx, outs))
         results = []

@@ -147,6 +147,22 @@ class RayWorkerHandle:
             return {"dead": True}
 
 
+def use_process_token() -> bool:
+    """Give a new local Ray cluster an in-memory auth token (``RAY_AUTH_TOKEN``, inherited by
+    its processes) so Ray does not write one to ``~/.ray/auth_token``, outside the project.
+    A token the user configured (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``, the default
+    file, or ``RAY_AUTH_MODE``) is left alone. Returns True when it set one."""
+    import os
+    import uuid
+    from pathlib import Path
+
+    configured = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
+    if any(k in os.environ for k in configured) or (Path.home() / ".ray" / "auth_token").exists():
+        return False
+    os.environ["RAY_AUTH_TOKEN"] = uuid.uuid4().hex
+    return True
+
+
 def build_ray_handles(cfg) -> tuple[list[RayWorkerHandle], Any]:
     """Start ``cfg.num_workers`` actors on Ray (``ray.init(address=cluster.address)``).
 
@@ -160,6 +176,8 @@ def build_ray_handles(cfg) -> tuple[list[RayWorkerHandle], Any]:
 
     cluster = cfg.cluster
     if not ray.is_initialized():
+        if not cluster.get("address"):
+            use_process_token()
         kw: dict = {"include_dashboard": False, "log_to_driver": False}
         if cluster.get("address"):
             kw["address"] = cluster.address

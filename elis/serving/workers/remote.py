@@ -18,7 +18,8 @@ Resume modes (``worker.resume``):
   ``usage`` (``stream_options.include_usage``) and the new text is re-encoded locally for the
   token ids. Re-tokenising a resumed text can differ from the tokens the server generated; each
   window where the local count differs from the server's count is counted in
-  ``stats.num_text_resume_mismatches`` (``num_new_tokens`` follows the server's count).
+  ``stats.num_text_resume_mismatches`` (``num_new_tokens`` follows the server's count, which
+  for vLLM includes a generated EOS token; ``serve.py`` excludes it, as the in-process worker).
 
 Per-request errors: an HTTP 4xx for one item (e.g. the server's own context-length check) fails
 that request alone (``WindowResult.error``). A connection error or 5xx is a worker fault
@@ -43,15 +44,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from elis.serving.workers.base import WindowBatch, WindowItem, WindowResult
+from elis.serving.workers.base import WindowBatch, WindowItem, WindowResult, WorkerDied
 
 log = logging.getLogger(__name__)
 
 RESUME_MODES = ("token_ids", "text")
-
-
-class WorkerDied(RuntimeError):
-    """The server is unreachable or failed (5xx): the whole worker is treated as crashed."""
 
 
 class ItemRejected(ValueError):
@@ -115,6 +112,9 @@ class RemoteOpenAIWorker:
         self._tasks: dict[str, asyncio.Task] = {}
         self._cancel_reasons: dict[str, str] = {}
         self._prompt_text: dict[str, str] = {}
+        # (request_id, token_id) → None as tokens arrive (windowed batches, token_ids mode only:
+        # continuous batches may discard tokens past the batch's first stop)
+        self.token_listener = None
         self.max_context_tokens = max_context_tokens if max_context_tokens is not None else self._ask_context()
 
     # ------------------------------------------------------------------ setup
@@ -164,7 +164,7 @@ class RemoteOpenAIWorker:
         tasks = []
         for it in batch.items:
             n = it.max_new_tokens if cap is None else min(it.max_new_tokens, cap)
-            task = asyncio.create_task(self._run_item(it, n))
+            task = asyncio.create_task(self._run_item(it, n, stream=not batch.stop_on_first))
             self._tasks[it.request_id] = task
             tasks.append(task)
         outs = await asyncio.gather(*tasks, return_exceptions=True)
@@ -254,7 +254,7 @@ class RemoteOpenAIWorker:
             body["return_token_ids"] = True
         return body
 
-    async def _run_item(self, it: WindowItem, n: int):
+    async def _run_item(self, it: WindowItem, n: int, stream: bool = False):
         """Returns (new ids, text, finish_reason, token times, server-counted tokens or None)."""
         import httpx
 
@@ -289,6 +289,11 @@ class RemoteOpenAIWorker:
                                                "(return_token_ids) or use worker.resume=text")
                         now = time.perf_counter()
                         ids += [int(t) for t in new]
+                        listener = self.token_listener
+                        if stream and listener is not None and self.resume == "token_ids":
+                            for t in new:
+                                if int(t) not in self.eos_token_ids:
+                                    listener(it.request_id, int(t))
                         times += [now] * len(new)
                         text += ch.get("text") or ""
                         if ch.get("finish_reason"):
@@ -302,9 +307,7 @@ class RemoteOpenAIWorker:
             if counted is not None and counted != len(ids):
                 self.stats.num_text_resume_mismatches += 1
             return ids, text, reason, times, counted
-        if self.resume == "token_ids" and counted is None:
-            counted = None  # token ids are authoritative
-        return ids, text, reason, times, None
+        return ids, text, reason, times, None  # token ids are authoritative
 
 
 def build_remote_worker(worker_cfg: Any, worker_id: int, shared: Any = None) -> tuple[RemoteOpenAIWorker, Any]:

@@ -1,0 +1,72 @@
+"""How well a predictor ranks the requests that wait TOGETHER (issue 9 item 5).
+
+A scheduler only ever compares the requests present at one decision, so the quality that
+matters is not R² over a test set but the rank agreement, at each decision, between the
+predicted and the true remaining tokens of the requests competing there (the buffer plus the
+running requests at a window boundary). ``RankingTracker.observe`` computes Kendall's τ-b on
+one decision; the run reports the mean over decisions with at least two competing requests
+and a defined τ (``kendall_tau_cowaiting_mean``, ``num_ranking_decisions``).
+
+τ-b (Kendall 1945): ``(C − D) / sqrt((n0 − n1)(n0 − n2))`` with ``n0 = n(n−1)/2`` pairs,
+``n1``/``n2`` the pairs tied in the first/second variable; undefined (skipped) when either
+variable is constant. Computed exactly in O(n²) with numpy (n is the buffer size, tens).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Kendall's τ-b of two equal-length vectors; None for n < 2 or a constant vector."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    n = x.size
+    if n < 2:
+        return None
+    iu = np.triu_indices(n, 1)
+    sx = np.sign(x[:, None] - x[None, :])[iu]
+    sy = np.sign(y[:, None] - y[None, :])[iu]
+    n0 = sx.size
+    tx = n0 - np.count_nonzero(sx)
+    ty = n0 - np.count_nonzero(sy)
+    denom = math.sqrt((n0 - tx) * (n0 - ty))
+    if denom == 0:
+        return None
+    return float(np.sum(sx * sy) / denom)
+
+
+class RankingTracker:
+    """Accumulates τ-b over scheduling decisions.
+
+    Attributes:
+        tau_sum: Σ τ over counted decisions; num_decisions: decisions counted.
+    """
+
+    __slots__ = ("tau_sum", "num_decisions")
+
+    def __init__(self) -> None:
+        self.tau_sum = 0.0
+        self.num_decisions = 0
+
+    def observe(self, predicted: np.ndarray, true: np.ndarray) -> None:
+        """Add one decision's competing requests (predicted vs true remaining tokens)."""
+        tau = kendall_tau_b(predicted, true)
+        if tau is not None:
+            self.tau_sum += tau
+            self.num_decisions += 1
+
+    @property
+    def mean(self) -> float | None:
+        """Mean τ over counted decisions (None when none was defined)."""
+        return self.tau_sum / self.num_decisions if self.num_decisions else None
+
+
+def ranking_counters(schedulers) -> dict:
+    """``kendall_tau_cowaiting_mean`` (mean over every worker's counted decisions, None if none)
+    and ``num_ranking_decisions``, from the schedulers' ``ranking`` trackers."""
+    n = sum(s.ranking.num_decisions for s in schedulers)
+    total = sum(s.ranking.tau_sum for s in schedulers)
+    return {"kendall_tau_cowaiting_mean": total / n if n else None, "num_ranking_decisions": n}
