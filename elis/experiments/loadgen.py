@@ -295,8 +295,16 @@ async def stream_one(client, url: str, body: dict, req: LoadRequest, opts: Repla
 async def _resolve_model(client, ep: Endpoint) -> str:
     if ep.model:
         return ep.model
-    r = await client.get(f"{ep.base_url}/models")
-    r.raise_for_status()
+    import httpx
+
+    try:
+        r = await client.get(f"{ep.base_url}/models")
+    except httpx.TransportError as e:
+        raise ValueError(f"endpoints[{ep.name}].base_url={ep.base_url!r} is not reachable "
+                         f"({type(e).__name__}: {e})") from e
+    if r.status_code != 200:
+        raise ValueError(f"endpoints[{ep.name}]: GET {ep.base_url}/models answered HTTP {r.status_code}; "
+                         "is base_url an OpenAI-compatible server (ending in /v1)?")
     data = r.json().get("data") or []
     if not data:
         raise ValueError(f"endpoints[{ep.name}].model is null and {ep.base_url}/models lists no model")
@@ -609,24 +617,32 @@ def run(cfg) -> dict:
     return results
 
 
+def _task(cfg) -> None:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
+    res = run(cfg)
+    print(f"run directory: {res.pop('output_dir')}")
+    res.pop("spread")
+    for name, m in res.items():
+        print(f"{name:20s} finished {m['num_finished']}/{m['num_requests']} jct_mean_s={m['jct_mean_s']} "
+              f"ttft_mean_s={m['ttft_mean_s']} tpot_mean_s={m['tpot_mean_s']}")
+    print(Path(cfg.paths.output_dir, "spread.md").read_text())
+
+
 def main() -> None:
-    """Hydra entry: ``python -m elis.experiments.loadgen [overrides]`` (``conf/loadgen.yaml``)."""
+    """Hydra entry: ``python -m elis.experiments.loadgen [overrides]`` (``conf/loadgen.yaml``);
+    strict keys and one-line user errors as the other entry points (``elis.cli``)."""
     import hydra
 
+    from elis.cli import precheck, prepare_environment, run_entry
     from elis.config import CONFIG_DIR, register_resolvers
 
+    prepare_environment()
     register_resolvers()
+    precheck("loadgen")
 
     @hydra.main(config_path=str(CONFIG_DIR), config_name="loadgen", version_base="1.3")
     def _main(cfg) -> None:
-        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
-        res = run(cfg)
-        print(f"run directory: {res.pop('output_dir')}")
-        res.pop("spread")
-        for name, m in res.items():
-            print(f"{name:20s} finished {m['num_finished']}/{m['num_requests']} jct_mean_s={m['jct_mean_s']} "
-                  f"ttft_mean_s={m['ttft_mean_s']} tpot_mean_s={m['tpot_mean_s']}")
-        print(Path(cfg.paths.output_dir, "spread.md").read_text())
+        run_entry(_task, cfg, "loadgen")
 
     _main()
 

@@ -169,9 +169,7 @@ def test_replay_is_bounded_by_timeouts(fake_url):
 
 
 def test_dead_endpoint_fails_fast():
-    import httpx
-
-    with pytest.raises(httpx.ConnectError):
+    with pytest.raises(ValueError, match=r"endpoints\[dead\].base_url='http://127.0.0.1:9/v1' is not reachable"):
         asyncio.run(lg.replay(lg.Endpoint("dead", "http://127.0.0.1:9/v1"), [_req(0, "x")], lg.ReplayOptions()))
 
 
