@@ -33,6 +33,7 @@ class LineProgress:
         self.n = 0
         self.t0 = self._last = clock()
         self._closed = False
+        self._logged_n = -1
 
     def line(self) -> str:
         dt = self.clock() - self.t0
@@ -46,12 +47,18 @@ class LineProgress:
         now = self.clock()
         if now - self._last >= self.interval_s:
             self._last = now
-            log.info(self.line())
+            self._log()
+
+    def _log(self) -> None:
+        self._logged_n = self.n
+        log.info(self.line())
 
     def close(self) -> None:
+        """Log the final count (once; not again when the last update already logged it)."""
         if not self._closed:
             self._closed = True
-            log.info(self.line())
+            if self._logged_n != self.n:
+                self._log()
 
     def set_postfix(self, *args: Any, **kwargs: Any) -> None:  # tqdm compatibility
         pass
