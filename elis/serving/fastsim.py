@@ -558,14 +558,12 @@ class FastSimulator:
                 keyed.sort(key=_first)
         else:
             continuing, keyed = running, []
-        if self.uses_predictions:  # Scheduler._observe_ranking: τ among the competing requests
+        if self.uses_predictions and len(buf) + len(keyed) >= 2:  # Scheduler._observe_ranking
             group = [r for _, r in buf if r.predicted_remaining_tokens is not None]
             group += [r for _, r in keyed if r.predicted_remaining_tokens is not None]
             if len(group) >= 2:
-                wk.ranking.observe(
-                    np.fromiter((r.predicted_remaining_tokens for r in group), np.float64, len(group)),
-                    np.fromiter((r.target - r.num_generated_tokens for r in group), np.float64, len(group)),
-                )
+                wk.ranking.observe([r.predicted_remaining_tokens for r in group],
+                                   [r.target - r.num_generated_tokens for r in group])
         # Scheduler._incumbent_keeps: a challenger displaces an at-boundary request only if
         # its key is lower by MORE than the margin (keys without tie-breakers).
         margin = self.margin

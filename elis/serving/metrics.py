@@ -283,7 +283,7 @@ def check_invariants(records: pd.DataFrame, expected_request_ids: Iterable[str] 
     """
     problems: list[str] = []
     ids = records["request_id"]
-    dup = ids[ids.duplicated()].tolist()
+    dup = [] if ids.is_unique else ids[ids.duplicated()].tolist()
     if dup:
         problems.append(f"{len(dup)} duplicated request ids, e.g. {dup[:10]}")
     if isinstance(expected_request_ids, int):
@@ -298,17 +298,19 @@ def check_invariants(records: pd.DataFrame, expected_request_ids: Iterable[str] 
         if extra:
             problems.append(f"{len(extra)} unknown requests recorded, e.g. {extra[:10]}")
     # Column-wise boolean masks (no filtered copies of the frame: a 1M-row run checks in place).
-    ids_np = ids.to_numpy()
-    status = records["status"].to_numpy()
-    fin = status == RequestStatus.FINISHED.name
-    failed = status == RequestStatus.FAILED.name
+    def some_ids(mask: np.ndarray) -> list:
+        return ids[mask].head(10).tolist()
+
+    status = records["status"]
+    fin = (status == RequestStatus.FINISHED.name).to_numpy(dtype=bool)
+    failed = (status == RequestStatus.FAILED.name).to_numpy(dtype=bool)
     bad = ~(fin | failed)
     if bad.any():
-        problems.append(f"{int(bad.sum())} requests not terminal, e.g. {ids_np[bad][:10].tolist()}")
+        problems.append(f"{int(bad.sum())} requests not terminal, e.g. {some_ids(bad)}")
     reason = records["fail_reason"]
-    no_reason = failed & (reason.isna() | (reason == "")).to_numpy()
+    no_reason = failed & (reason.isna() | (reason == "")).to_numpy(dtype=bool)
     if no_reason.any():
-        problems.append(f"{int(no_reason.sum())} failed requests without a reason, e.g. {ids_np[no_reason][:10].tolist()}")
+        problems.append(f"{int(no_reason.sum())} failed requests without a reason, e.g. {some_ids(no_reason)}")
     true = records["true_num_output_tokens"].to_numpy()
     target = np.minimum(true, records["max_tokens"].to_numpy())
     wrong = fin & (true >= 0) & (records["num_output_tokens"].to_numpy() != target)
@@ -329,6 +331,6 @@ def check_invariants(records: pd.DataFrame, expected_request_ids: Iterable[str] 
     ):
         mask = mask & fin
         if mask.any():
-            problems.append(f"{int(mask.sum())} requests with {name}, e.g. {ids_np[mask][:10].tolist()}")
+            problems.append(f"{int(mask.sum())} requests with {name}, e.g. {some_ids(mask)}")
     if problems:
         raise InvariantError("run invariants violated:\n- " + "\n- ".join(problems))

@@ -9,7 +9,8 @@ and a defined τ (``kendall_tau_cowaiting_mean``, ``num_ranking_decisions``).
 
 τ-b (Kendall 1945): ``(C − D) / sqrt((n0 − n1)(n0 − n2))`` with ``n0 = n(n−1)/2`` pairs,
 ``n1``/``n2`` the pairs tied in the first/second variable; undefined (skipped) when either
-variable is constant. Computed exactly in O(n²) with numpy (n is the buffer size, tens).
+variable is constant. Computed exactly in O(n²) (a plain loop for the usual small buffers,
+numpy above ``SMALL_N``); both simulation paths observe the same decisions.
 """
 
 from __future__ import annotations
@@ -19,13 +20,50 @@ import math
 import numpy as np
 
 
-def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> float | None:
-    """Kendall's τ-b of two equal-length vectors; None for n < 2 or a constant vector."""
+SMALL_N = 32  # below this a plain loop beats numpy's per-call overhead (buffers are small)
+
+
+def kendall_tau_b(x, y) -> float | None:
+    """Kendall's τ-b of two equal-length sequences; None for n < 2 or a constant vector.
+
+    Exact: the numerator and tie counts are integers, so the loop (n <= ``SMALL_N``) and the
+    vectorised path give the identical float.
+    """
+    n = len(x)
+    if n < 2:
+        return None
+    if n <= SMALL_N:
+        return _tau_b_loop(x, y)
+    return _tau_b_numpy(x, y)
+
+
+def _tau_b_loop(x, y) -> float | None:
+    n = len(x)
+    s = tx = ty = 0
+    for i in range(n - 1):
+        xi, yi = x[i], y[i]
+        for j in range(i + 1, n):
+            dx = xi - x[j]
+            dy = yi - y[j]
+            if dx == 0:
+                tx += 1
+            if dy == 0:
+                ty += 1
+            if dx and dy:
+                s += 1 if (dx > 0) == (dy > 0) else -1
+    n0 = n * (n - 1) // 2
+    denom = math.sqrt((n0 - tx) * (n0 - ty))
+    return None if denom == 0 else s / denom
+
+
+def _tau_b_numpy(x, y) -> float | None:
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     n = x.size
     if n < 2:
         return None
+    if n <= _SMALL_N:  # typical decisions (a few competing requests): plain loops beat numpy's overhead
+        return _kendall_tau_b_small(x.tolist(), y.tolist())
     iu = np.triu_indices(n, 1)
     sx = np.sign(x[:, None] - x[None, :])[iu]
     sy = np.sign(y[:, None] - y[None, :])[iu]
@@ -35,7 +73,32 @@ def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> float | None:
     denom = math.sqrt((n0 - tx) * (n0 - ty))
     if denom == 0:
         return None
-    return float(np.sum(sx * sy) / denom)
+    return int(np.sum(sx * sy)) / denom
+
+
+_SMALL_N = 48
+
+
+def _kendall_tau_b_small(x: list[float], y: list[float]) -> float | None:
+    """``kendall_tau_b`` by pairwise comparison (same integers, hence the same float, as the
+    numpy form: ``sign(a − b)`` of finite floats is the comparison of ``a`` and ``b``)."""
+    n = len(x)
+    s = tx = ty = 0
+    for i in range(n - 1):
+        xi, yi = x[i], y[i]
+        for j in range(i + 1, n):
+            dx = (xi > x[j]) - (xi < x[j])
+            dy = (yi > y[j]) - (yi < y[j])
+            if dx == 0:
+                tx += 1
+            if dy == 0:
+                ty += 1
+            s += dx * dy
+    n0 = n * (n - 1) // 2
+    denom = math.sqrt((n0 - tx) * (n0 - ty))
+    if denom == 0:
+        return None
+    return float(s / denom)
 
 
 class RankingTracker:
@@ -51,7 +114,7 @@ class RankingTracker:
         self.tau_sum = 0.0
         self.num_decisions = 0
 
-    def observe(self, predicted: np.ndarray, true: np.ndarray) -> None:
+    def observe(self, predicted, true) -> None:
         """Add one decision's competing requests (predicted vs true remaining tokens)."""
         tau = kendall_tau_b(predicted, true)
         if tau is not None:

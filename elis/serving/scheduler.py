@@ -450,6 +450,8 @@ class Scheduler:
 
     def _observe_ranking(self, contenders: list[Request]) -> None:
         """τ between predicted and true remaining tokens of the requests competing now."""
+        if len(self.buffer) + len(contenders) < 2:
+            return
         group = [r for r in self.buffer.requests() if r.predicted_remaining_tokens is not None] + [
             r for r in contenders if r.predicted_remaining_tokens is not None
         ]
@@ -457,9 +459,7 @@ class Scheduler:
             return
         if any(r.true_num_output_tokens is None for r in group):
             return
-        pred = np.fromiter((r.predicted_remaining_tokens for r in group), np.float64, len(group))
-        true = np.fromiter((r.true_remaining_tokens for r in group), np.float64, len(group))
-        self.ranking.observe(pred, true)
+        self.ranking.observe([r.predicted_remaining_tokens for r in group], [r.true_remaining_tokens for r in group])
 
     def _set_prediction(self, r: Request, predicted: float) -> None:
         self._set_load(r, predicted)

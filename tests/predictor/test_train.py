@@ -87,7 +87,7 @@ def test_errors_name_the_fix(compose_cfg, tmp_path, tiny_bert_dir):
 
 
 @pytest.mark.parametrize("name", ["oracle", "noisy_oracle", "constant", "prompt_length",
-                                  "minilm", "bge", "bge_large"])
+                                  "minilm", "bge", "bge_large", "gbdt"])
 def test_every_predictor_config_composes(compose_cfg, name):
     cfg = compose_cfg("train", [f"predictor={name}"])
     assert cfg.predictor.name == name and "runtime" in cfg.predictor

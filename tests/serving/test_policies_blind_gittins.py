@@ -183,3 +183,12 @@ def test_a_predictor_with_its_own_predict_quantiles_is_accepted():
 
     assert supports_quantiles(Spread()) and not supports_quantiles(ConstantPredictor())
     Scheduler(0, SchedulingPolicy("gittins"), predictor=PredictionService(Spread(), latency_source="zero"))
+
+
+def test_kendall_tau_loop_and_numpy_paths_agree_exactly():
+    from elis.serving.ranking import _tau_b_loop, _tau_b_numpy
+
+    rng = np.random.default_rng(0)
+    for n in (2, 5, 40):
+        x, y = rng.integers(0, 6, n).astype(float), rng.integers(0, 6, n).astype(float)  # with ties
+        assert _tau_b_loop(list(x), list(y)) == _tau_b_numpy(x, y)
