@@ -283,13 +283,24 @@ def scalability_figure(rows_json: str | Path, png: str | Path, md: str | Path | 
     rows = data.get("scalability", data if isinstance(data, list) else [])
     if not rows:
         raise ValueError(f"{rows_json}: no 'scalability' rows")
+    from elis.experiments.report import mean_ci95
+
     df = pd.DataFrame(rows)
+    if "seed" not in df:
+        df["seed"] = 0
+    agg = []  # rows with several seeds: mean and 95% half-width per (workers, policy)
+    for (w, policy), g in df.groupby(["num_workers", "policy"], sort=True):
+        mean, hw, n = mean_ci95(g["max_rate_rps"])
+        agg.append({"num_workers": w, "policy": policy, "max_rate_rps": mean,
+                    "ci95": math.nan if hw is None else hw, "num_seeds": n})
+    per_seed = df
+    df = pd.DataFrame(agg).assign(predictor=per_seed["predictor"].iloc[0] if "predictor" in per_seed else "?")
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for policy, g in df.groupby("policy", sort=True):
         g = g.sort_values("num_workers")
-        ax.plot(g["num_workers"], g["max_rate_rps"], marker="o", label=f"ours: {policy}",
-                color=POLICY_COLORS.get(policy))
+        ax.errorbar(g["num_workers"], g["max_rate_rps"], yerr=g["ci95"].fillna(0.0), marker="o", capsize=3,
+                    label=f"ours: {policy}", color=POLICY_COLORS.get(policy))
         per = (g["max_rate_rps"] / g["num_workers"]).iloc[0]
         ax.plot(g["num_workers"], per * g["num_workers"], ":", color=POLICY_COLORS.get(policy), alpha=0.6,
                 label=f"linear from {int(g['num_workers'].iloc[0])} workers ({policy})")
@@ -304,14 +315,24 @@ def scalability_figure(rows_json: str | Path, png: str | Path, md: str | Path | 
                  + " predictor", fontsize=10)
     _save(fig, png)
     piv = df.pivot_table(index="num_workers", columns="policy", values="max_rate_rps")
+    hws = df.pivot_table(index="num_workers", columns="policy", values="ci95", dropna=False)
     policies = list(piv.columns)
+    n = int(df["num_seeds"].min())
+
+    def cell(w, p) -> str:
+        hw = hws.loc[w, p] if p in hws and w in hws.index else math.nan
+        return _f(piv.loc[w, p], 2) + ("" if pd.isna(hw) else f" ± {_f(hw, 2)}")
+
     lines = ["| workers | paper ELIS (req/s) | " + " | ".join(f"ours {p} (req/s)" for p in policies)
              + " | " + " | ".join(f"{p} per worker" for p in policies) + " |",
              "|---|---|" + "---|" * (2 * len(policies))]
     for w, r in piv.iterrows():
         paper = f"{PAPER['scal_max_rate_rps']}" if int(w) == PAPER["scal_workers"] else ""
-        lines.append(f"| {int(w)} | {paper} | " + " | ".join(_f(r[p], 2) for p in policies) + " | "
+        lines.append(f"| {int(w)} | {paper} | " + " | ".join(cell(w, p) for p in policies) + " | "
                      + " | ".join(_f(r[p] / w, 3) for p in policies) + " |")
+    if n > 1:
+        lines += ["", f"Cells: mean ± half-width of the 95% Student-t interval over {n} seeds "
+                  "(each seed re-draws lengths, arrivals and predictor noise); per worker: the mean."]
     return _write_md("\n".join(lines) + "\n", md)
 
 

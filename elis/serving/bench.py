@@ -3,7 +3,7 @@
     python -m elis.serving.bench                    # speed/memory grid + decision overhead
     python -m elis.serving.bench speed --sizes 1000 10000 --workers 1 8 50
     python -m elis.serving.bench overhead --buffer 10 100 1000 10000 100000
-    python -m elis.serving.bench scalability --workers 10 20 30 40 50 --profile h100_llama2_13b
+    python -m elis.serving.bench scalability --workers 10 20 30 40 50 --profile h100_llama2_13b --seeds 0 1 2
 
 speed: simulated requests per wall-clock second and peak RSS (each size in a fresh
 subprocess, ``resource.getrusage`` max RSS), ISRTF windowed, batch 4, W = 50, oracle predictor,
@@ -20,6 +20,7 @@ Figures are printed; nothing here is asserted.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import resource
@@ -51,11 +52,7 @@ def sample_lengths(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
     rng = make_rng(seed, "bench/lengths")
     pairs = PROJECT_ROOT / "data" / "alpaca_eval" / "pairs"
     if pairs.exists():
-        import datasets
-
-        test = datasets.load_from_disk(str(pairs))["test"]
-        p = np.asarray(test["num_prompt_tokens"])
-        o = np.asarray(test["num_output_tokens"])
+        p, o = _test_split_lengths(str(pairs))
         idx = rng.integers(0, len(p), n)
         return p[idx], o[idx], "alpaca_eval test split"
     log.warning(
@@ -65,6 +62,16 @@ def sample_lengths(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
     o = np.clip(rng.lognormal(np.log(200), 0.8, n), 1, None).astype(np.int64)
     p = np.clip(rng.lognormal(np.log(150), 0.7, n), 1, None).astype(np.int64)
     return p, o, "log-normal"
+
+
+@functools.lru_cache(maxsize=2)
+def _test_split_lengths(pairs_dir: str) -> tuple[np.ndarray, np.ndarray]:
+    """The test split's (prompt, output) token counts, read once per process (every bisection
+    probe draws from them)."""
+    import datasets
+
+    test = datasets.load_from_disk(pairs_dir)["test"]
+    return np.asarray(test["num_prompt_tokens"]), np.asarray(test["num_output_tokens"])
 
 
 def make_table(n: int, rate_rps: float, max_tokens: int = 1024, seed: int = 0):
@@ -200,20 +207,32 @@ def max_rate_under_delay(num_workers: int, cost_model, target_s: float = 0.5, re
             "lengths": lengths}
 
 
-def scalability(workers: list[int], profile: str, **kw) -> list[dict]:
+def scalability(workers: list[int], profile: str, seeds: list[int] | None = None,
+                policies: list[str] | None = None, **kw) -> list[dict]:
+    """One row per (workers, policy, seed): ``max_rate_under_delay`` with that seed's lengths,
+    arrivals and predictor noise (``seeds`` default [0]; figures average rows over seeds).
+
+    Raises:
+        ValueError: an empty or duplicated ``seeds`` list.
+    """
+    seeds = [0] if seeds is None else [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
     cm = load_cost_model(profile)
     rows = []
     print(f"profile {profile}: highest rate with mean queuing delay < 0.5 s; "
-          f"request lengths: {sample_lengths(1)[2]}")
-    print(f"{'workers':>7} {'policy':>14} {'max req/s':>10} {'delay_s':>8} {'wall_s':>7}")
+          f"request lengths: {sample_lengths(1)[2]}; seeds {seeds}")
+    print(f"{'workers':>7} {'policy':>14} {'seed':>4} {'max req/s':>10} {'delay_s':>8} {'wall_s':>7}")
     for w in workers:
-        for policy in kw.pop("policies", None) or ["fcfs", "isrtf"]:
-            t0 = time.perf_counter()
-            row = max_rate_under_delay(w, cm, policy=policy, **kw)
-            row["wall_s"] = time.perf_counter() - t0
-            rows.append(row)
-            print(f"{w:>7} {policy:>14} {row['max_rate_rps']:>10.2f} {row['queuing_delay_mean_s_at_rate']:>8.3f} "
-                  f"{row['wall_s']:>7.0f}", flush=True)
+        for policy in policies or ["fcfs", "isrtf"]:
+            for seed in seeds:
+                t0 = time.perf_counter()
+                row = max_rate_under_delay(w, cm, policy=policy, seed=seed, **kw)
+                row["seed"] = seed
+                row["wall_s"] = time.perf_counter() - t0
+                rows.append(row)
+                print(f"{w:>7} {policy:>14} {seed:>4} {row['max_rate_rps']:>10.2f} "
+                      f"{row['queuing_delay_mean_s_at_rate']:>8.3f} {row['wall_s']:>7.0f}", flush=True)
     return rows
 
 
@@ -233,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--buffer", type=int, nargs="+", default=[10, 100, 1_000, 10_000, 100_000])
     ap.add_argument("--profile", default="h100_llama2_13b")
     ap.add_argument("--requests-per-worker", type=int, default=100)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="scalability: one bisection per seed (lengths, arrivals, predictor noise)")
     ap.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     a = ap.parse_args(args)
     result: dict = {}
@@ -242,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         result["overhead"] = decision_overhead(a.buffer)
     if a.what == "scalability":
         result["scalability"] = scalability(a.workers or [10, 20, 30, 40, 50], a.profile,
-                                            requests_per_worker=a.requests_per_worker)
+                                            seeds=a.seeds, requests_per_worker=a.requests_per_worker)
     if a.out:
         a.out.write_text(json.dumps(result, indent=2))
     return 0

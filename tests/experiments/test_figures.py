@@ -106,6 +106,21 @@ def test_scalability_table(tmp_path):
         figures.scalability_figure(tmp_path / "e.json", tmp_path / "e.png")
 
 
+
+def test_scalability_table_over_seeds_mean_and_interval(tmp_path):
+    # fcfs at 10 workers over seeds 0,1,2: 3, 4, 5 req/s -> mean 4, s = 1,
+    # half-width t(0.975, 2) * 1 / sqrt(3) = 4.3027 * 0.57735 = 2.484; isrtf: 5, 5, 5 -> ± 0.00
+    rows = [{"num_workers": 10, "policy": "fcfs", "seed": s, "max_rate_rps": r, "predictor": "noisy_oracle"}
+            for s, r in enumerate((3.0, 4.0, 5.0))]
+    rows += [{"num_workers": 10, "policy": "isrtf", "seed": s, "max_rate_rps": 5.0, "predictor": "noisy_oracle"}
+             for s in range(3)]
+    (tmp_path / "s.json").write_text(json.dumps({"scalability": rows}))
+    md = figures.scalability_figure(tmp_path / "s.json", tmp_path / "c.png")
+    _png_ok(tmp_path / "c.png")
+    assert "| 10 |  | 4.00 ± 2.48 | 5.00 ± 0.00 | 0.400 | 0.500 |" in md
+    assert "over 3 seeds" in md
+
+
 # ---------------------------------------------------------------------- (d)
 def test_starvation_table_order_stale_variants_and_deltas(tmp_path):
     root = tmp_path / "d"
