@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from elis.config import data_overrides
 from elis.rng import make_rng
 from elis.serving.cost_model import CostModel
 from elis.serving.metrics import summarize
@@ -58,7 +59,8 @@ def load_samples(data_dir: str | Path, split: str) -> pd.DataFrame:
     p = Path(data_dir) / "pairs"
     if not p.exists():
         raise FileNotFoundError(
-            f"no dataset at {p}; build it with `python build_dataset.py data={Path(data_dir).name}`"
+            f"no dataset at {p}; build it with "
+            f"`python build_dataset.py {data_overrides(Path(data_dir).name)}`"
         )
     dd = datasets.load_from_disk(str(p))
     if split not in dd:
@@ -348,8 +350,8 @@ def resolve_predictor(cfg: DictConfig) -> DictConfig:
     if name in options:
         log.info("predictor=auto → %s: %s", name, reason)
     else:
-        log.warning("predictor=auto → %s: %s; train one with `python train.py predictor=%s data=%s`",
-                    name, reason, list(p.candidates)[0], cfg.data.name)
+        log.warning("predictor=auto → %s: %s; train one with `python train.py predictor=%s %s`",
+                    name, reason, list(p.candidates)[0], data_overrides(cfg.data.name))
     cfg.predictor_choice = {"name": name, "reason": reason}
     return cfg
 

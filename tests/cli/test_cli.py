@@ -129,3 +129,19 @@ def test_line_progress_logs_plain_periodic_lines(caplog):
 
 def test_group_additions_are_not_keys():
     check_overrides(["+preset=compare", "+cluster=ray"], "run_experiment")
+
+
+def test_data_overrides_hint_repeats_the_data_group_and_its_overrides(tmp_path):
+    """A hint to build/train a dataset must name the config that builds it, not its folder name."""
+    from elis.config import data_overrides
+    from elis.experiments.run import load_samples
+
+    task = ["sched=isrtf", "data=jsonl", "data.source.paths=/in put.jsonl", "+data.extra=1",
+            "data.name=mine", "num_requests=5"]
+    assert data_overrides("mine", task, "jsonl") == (
+        "data=jsonl 'data.source.paths=/in put.jsonl' +data.extra=1 data.name=mine")
+    assert data_overrides("embedded", [], "embedded") == "data=embedded"
+    # Outside a Hydra app there is no HydraConfig: fall back to the folder name.
+    assert data_overrides("embedded") == "data=embedded"
+    with pytest.raises(FileNotFoundError, match=r"build_dataset.py data=nx`"):
+        load_samples(tmp_path / "nx", "test")
