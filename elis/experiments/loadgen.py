@@ -456,6 +456,11 @@ def mean_interval(values, confidence: float = 0.95) -> tuple[float, float, float
     return (m, m - half, m + half)
 
 
+def _num(v) -> float:
+    """``v`` as a float for printing (None, e.g. no request finished, → nan)."""
+    return math.nan if v is None else float(v)
+
+
 def spread_frame(per_rep: dict[str, list[dict]], metrics: tuple[str, ...] = SPREAD_METRICS) -> pd.DataFrame:
     """One row per (variant, metric): mean and 95 % interval over repetitions, and the paired
     difference to the first variant (repetitions matched by index) with its interval and
@@ -490,8 +495,13 @@ def spread_markdown(df: pd.DataFrame) -> str:
         inside = r.get("inside_spread")
         inside_s = "n/a" if inside is None or (isinstance(inside, float) and math.isnan(inside)) else (
             "yes: not a result" if inside else "no")
+        # One repetition has no spread: printing [m, m] would read as a zero-width interval.
+        ci = (f"[{f(r['ci95_low'])}, {f(r['ci95_high'])}]" if r["num_repetitions"] >= 2
+              else "[n/a: 1 repetition]")
+        if isinstance(r.get("diff_vs"), str) and r["num_repetitions"] < 2:
+            diff = f"{f(r['diff_mean'])} [n/a: 1 pair]"
         lines.append(f"| {r['variant']} | {r['metric']} | {r['num_repetitions']} | "
-                     f"{f(r['mean'])} [{f(r['ci95_low'])}, {f(r['ci95_high'])}] | {diff} | {inside_s} |")
+                     f"{f(r['mean'])} {ci} | {diff} | {inside_s} |")
     return "\n".join(lines) + "\n"
 
 
@@ -594,8 +604,8 @@ def run(cfg) -> dict:
         _write(out_dir / "variants" / name / "reps" / str(rep), df, m)
         per_rep[name].append(m)
         records[name].append(df.assign(repetition=rep))
-        log.info("%s rep %d: jct_mean_s=%s ttft_mean_s=%s finished %d/%d", name, rep, m.get("jct_mean_s"),
-                 m.get("ttft_mean_s"), m["num_finished"], m["num_requests"])
+        log.info("%s rep %d: jct_mean_s=%.3f ttft_mean_s=%.3f finished %d/%d", name, rep, _num(m.get("jct_mean_s")),
+                 _num(m.get("ttft_mean_s")), m["num_finished"], m["num_requests"])
     spread = spread_frame(per_rep)
     spread.to_csv(out_dir / "spread.csv", index=False)
     (out_dir / "spread.md").write_text(spread_markdown(spread))
@@ -623,8 +633,8 @@ def _task(cfg) -> None:
     print(f"run directory: {res.pop('output_dir')}")
     res.pop("spread")
     for name, m in res.items():
-        print(f"{name:20s} finished {m['num_finished']}/{m['num_requests']} jct_mean_s={m['jct_mean_s']} "
-              f"ttft_mean_s={m['ttft_mean_s']} tpot_mean_s={m['tpot_mean_s']}")
+        print(f"{name:20s} finished {m['num_finished']}/{m['num_requests']} jct_mean_s={_num(m['jct_mean_s']):.3f} "
+              f"ttft_mean_s={_num(m['ttft_mean_s']):.3f} tpot_mean_s={_num(m['tpot_mean_s']):.3f}")
     print(Path(cfg.paths.output_dir, "spread.md").read_text())
 
 

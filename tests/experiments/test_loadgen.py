@@ -224,3 +224,12 @@ def test_server_mean_of_a_histogram():
              "elis:request_queue_time_seconds_bucket{le=1.0}": 4.0}
     assert lg.server_mean(delta, "request_queue_time_seconds") == 0.75
     assert lg.server_mean({"elis:request_queue_time_seconds_count": 0.0}, "request_queue_time_seconds") is None
+
+
+def test_spread_markdown_one_repetition_shows_no_interval():
+    """One repetition has no spread: the table must not print a zero-width '95% CI' [m, m]."""
+    df = lg.spread_frame({"a": [{"jct_mean_s": 2.0}], "b": [{"jct_mean_s": 3.5}]}, metrics=("jct_mean_s",))
+    md = lg.spread_markdown(df)
+    assert "| a | jct_mean_s | 1 | 2.000 [n/a: 1 repetition] | (base) | n/a |" in md
+    assert "| b | jct_mean_s | 1 | 3.500 [n/a: 1 repetition] | 1.500 [n/a: 1 pair] | n/a |" in md
+    assert "[2.000, 2.000]" not in md
