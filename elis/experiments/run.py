@@ -398,6 +398,35 @@ def variants_of(cfg: DictConfig) -> list[tuple[str, dict]]:
     return out
 
 
+def split_runnable_variants(
+    variants: list[tuple[str, dict]], prediction: PredictionService | None,
+) -> tuple[list[tuple[str, dict]], dict[str, str]]:
+    """``(runnable, {skipped name: reason})``: the compare variants the predictor can serve.
+
+    A policy ranking by a predictive distribution (``needs_quantiles``, e.g. gittins) cannot run
+    with a point predictor (``predictor=minilm``); in a comparison of several variants it is left
+    out, named with its reason (logged, ``skipped_variants.json``, a line in ``comparison.md``),
+    instead of failing the whole comparison. A run left with nothing runnable keeps the policy's
+    own error (raised when its scheduler is built).
+    """
+    from elis.predictor.base import supports_quantiles
+    from elis.serving.policy import policy_class
+
+    inner = getattr(prediction, "predictor", prediction)
+    has_quantiles = prediction is not None and supports_quantiles(inner)
+    pname = getattr(inner, "name", None) or type(inner).__name__
+    runnable, skipped = [], {}
+    for name, sched in variants:
+        if policy_class(str(sched["policy"])).needs_quantiles and not has_quantiles:
+            skipped[name] = (f"policy {sched['policy']!r} needs a predictive distribution; predictor {pname!r} "
+                             "does not implement predict_quantiles (use predictor=oracle, noisy_oracle or gbdt)")
+        else:
+            runnable.append((name, sched))
+    if not runnable:
+        return variants, {}
+    return runnable, skipped
+
+
 def run(cfg: DictConfig) -> dict:
     """Run the configured experiment; returns ``{variant_name: metrics}`` (+ ``output_dir``)."""
     import hydra.utils
@@ -439,7 +468,13 @@ def run(cfg: DictConfig) -> dict:
             sdir.mkdir(parents=True, exist_ok=True)
             wl.to_parquet(sdir / "workload.parquet", index=False)
             prediction = build_prediction(scfg, cost_model, table)
-            for name, sched in variants:
+            runnable, skipped = split_runnable_variants(variants, prediction) if cfg.get("compare") else (
+                variants, {})
+            for d in {sdir, rdir, out_dir} if skipped else ():
+                (d / "skipped_variants.json").write_text(json.dumps(skipped, indent=2))
+            for name, reason in skipped.items():
+                log.warning("variant %s skipped: %s", name, reason)
+            for name, sched in runnable:
                 vdir = sdir if not cfg.get("compare") else sdir / "variants" / name
                 m = run_variant(scfg, sched, table, prediction, cost_model, vdir)
                 m.update(wstats)  # realised offered load next to the requested one

@@ -81,6 +81,7 @@ class SchedulingPolicy:
     name: ClassVar[str] = ""
     uses_predictions: ClassVar[bool] = False
     repredicts: ClassVar[bool] = False
+    needs_quantiles: ClassVar[bool] = False  # ranks by a predictive distribution (predict_quantiles)
     quantile_levels: tuple[float, ...] | None = None
 
     def __new__(cls, name: str | None = None, *args: Any, **kwargs: Any):
@@ -335,6 +336,7 @@ class Gittins(SchedulingPolicy):
     name = "gittins"
     uses_predictions = True
     repredicts = True
+    needs_quantiles = True
 
     def __init__(
         self, name: str | None = None, aging_tokens_per_s: float = 0.0, promote_after_s: float | None = None,
