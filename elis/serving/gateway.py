@@ -719,6 +719,31 @@ def gateway_config(cfg, runtime) -> GatewayConfig:
                          request_timeout_s=float(cfg.get("request_timeout_s", 600.0)))
 
 
+def check_listen_address(host, port) -> int:
+    """``port`` as an int, once ``host:port`` is known to be free, before any model is loaded.
+
+    Raises:
+        ValueError: ``port`` is not an integer in 1..65535, or ``host:port`` cannot be bound
+            (in use, or not an address of this machine), naming the key and value.
+    """
+    import socket
+
+    try:
+        p = int(str(port))
+    except ValueError:
+        p = -1
+    if not 1 <= p <= 65535:
+        raise ValueError(f"port={port!r} is not an integer in 1..65535")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in str(host) else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            sock.bind((str(host), p))
+    except OSError as e:
+        raise ValueError(f"cannot listen on host={host!s} port={p}: {e.strerror or e} "
+                         "(another server on it? choose another with port=...)") from None
+    return p
+
+
 def serve(cfg) -> None:
     """``python serve.py``: build the runtime from ``cfg`` and serve HTTP until interrupted."""
     import hydra.utils
@@ -727,6 +752,7 @@ def serve(cfg) -> None:
 
     from elis.serving.runtime import SCHED_KEYS, build_prediction_service, build_runtime
 
+    port = check_listen_address(cfg.host, cfg.port)
     cost_model = hydra.utils.instantiate(cfg.cost_model) if cfg.get("cost_model") else None
     sched = {k: v for k, v in OmegaConf.to_container(cfg.sched, resolve=True).items() if k in SCHED_KEYS}
     prediction = build_prediction_service(cfg, cost_model, latency_source="measured")
@@ -736,6 +762,6 @@ def serve(cfg) -> None:
     log.info("serving %s on http://%s:%d/v1 (%d worker(s), %s/%s)", gw.config.model_name, cfg.host, cfg.port,
              len(runtime.handles), sched["policy"], sched.get("mode", "windowed"))
     try:
-        uvicorn.run(app, host=str(cfg.host), port=int(cfg.port), log_level=str(cfg.get("log_level", "info")))
+        uvicorn.run(app, host=str(cfg.host), port=port, log_level=str(cfg.get("log_level", "info")))
     finally:
         gw.loop.close()
