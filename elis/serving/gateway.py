@@ -759,7 +759,7 @@ def serve(cfg) -> None:
     runtime = build_runtime(cfg, sched, prediction, cost_model)
     gw, app = build_gateway(runtime, gateway_config(cfg, runtime),
                             continuous_max_steps=int(cfg.worker.get("continuous_max_steps", 8)))
-    log.info("serving %s on http://%s:%d/v1 (%d worker(s), %s/%s)", gw.config.model_name, cfg.host, cfg.port,
+    log.info("serving %s on http://%s:%d/v1 (%d worker(s), %s/%s)", gw.config.model_name, cfg.host, port,
              len(runtime.handles), sched["policy"], sched.get("mode", "windowed"))
     try:
         uvicorn.run(app, host=str(cfg.host), port=port, log_level=str(cfg.get("log_level", "info")))
