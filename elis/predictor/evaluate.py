@@ -81,10 +81,11 @@ def write_plots(frame: pd.DataFrame, result: dict[str, Any], out_dir: str | Path
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig, ax = plt.subplots(figsize=(5.3, 4.5))
     t = frame["target"].to_numpy(float)
     p = np.clip(frame["pred"].to_numpy(float), 1.0, None)
-    ax.scatter(t, p, s=3, alpha=0.3, c=frame["step"].to_numpy(), cmap="viridis")
+    pts = ax.scatter(t, p, s=3, alpha=0.3, c=frame["step"].to_numpy(), cmap="viridis")
+    fig.colorbar(pts, ax=ax, label="step k (windows generated)")  # the colour is otherwise unexplained
     lim = (1.0, max(float(t.max(initial=1)), float(p.max(initial=1))) * 1.2)
     ax.plot(lim, lim, "k--", lw=1)
     ax.set_xscale("log")
