@@ -192,3 +192,15 @@ def test_kendall_tau_loop_and_numpy_paths_agree_exactly():
     for n in (2, 5, 40):
         x, y = rng.integers(0, 6, n).astype(float), rng.integers(0, 6, n).astype(float)  # with ties
         assert _tau_b_loop(list(x), list(y)) == _tau_b_numpy(x, y)
+
+
+def test_kendall_tau_b_long_queue_uses_n_log_n_form_with_the_same_value():
+    # above LARGE_N the scipy form replaces the O(n²) pair matrix: same τ-b (ties included)
+    from elis.serving import ranking
+
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 50, ranking.LARGE_N + 300).astype(float)  # many ties in both
+    y = x + rng.integers(-20, 20, x.size)
+    fast = ranking.kendall_tau_b(x, y)
+    assert fast == pytest.approx(ranking._tau_b_numpy(x, y), abs=1e-12)
+    assert ranking.kendall_tau_b(np.ones(ranking.LARGE_N + 1), y[: ranking.LARGE_N + 1]) is None
