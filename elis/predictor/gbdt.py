@@ -282,6 +282,7 @@ class GbdtPredictor(TimedPredictor):
     """
 
     uses_text = True
+    provides_quantiles = True
 
     def __init__(self, model: GbdtLengthModel, embed_prompts: Callable[[list[str]], np.ndarray],
                  name: str = "gbdt") -> None:
@@ -377,12 +378,9 @@ class GbdtPredictor(TimedPredictor):
             out[sel] = self.model.predict_design(mode, x, rl)
         return out
 
-    def predict_quantiles(self, queries: Sequence[PredictionQuery], levels: Sequence[float]) -> np.ndarray:
-        """Quantiles of the remaining tokens, float64 (N, Q), non-decreasing along Q, >= 1.
-
-        Raises:
-            ValueError: for a level outside (0, 1).
-        """
+    def _predict_quantiles(self, queries: Sequence[PredictionQuery], levels: Sequence[float]) -> np.ndarray:
+        """Quantiles of the remaining tokens, float64 (N, Q), non-decreasing along Q, >= 1
+        (``TimedPredictor.predict_quantiles`` validates levels and output)."""
         out = np.empty((len(queries), len(levels)), dtype=np.float64)
         for mode, sel, x, rl, g in self._designs(queries):
             loc = self.model.predict_log_location(mode, x, rl)

@@ -399,7 +399,7 @@ def run(cfg) -> dict[str, Any]:
             alphas=list(g.ridge_alphas), folds=int(g.oof_folds), min_answers=int(g.min_answers),
             cap_tokens=cap, window_tokens=int(cfg.data.window_tokens),
             num_boost_round=int(g.num_boost_round), early_stopping_rounds=int(g.early_stopping_rounds),
-            params=OmegaConf.to_container(g.params, resolve=True), num_threads=int(cfg.num_threads),
+            params=OmegaConf.to_container(g.params, resolve=True), num_threads=int(g.get("num_threads", cfg.num_threads)),
             seed=seed)
         metrics["fit"] = fit
         model.save(model_dir)

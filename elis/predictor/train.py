@@ -331,7 +331,15 @@ def format_metrics(metrics: dict[str, Any]) -> str:
         return "n/a" if v is None or v != v else f"{v:.{d}f}"
 
     lines = [f"{metrics.get('task', 'train')}: predictor={metrics.get('predictor')} data={metrics.get('data')}"]
+    flat: list[tuple[str, dict]] = []
     for split, r in (metrics.get("eval") or {}).items():
+        if "raw" in r:  # predictor=gbdt: raw (and capped) scores
+            flat.append((split, r["raw"]))
+        elif "overall" in r:
+            flat.append((split, r))
+        else:  # gbdt held-out generators: before / after calibration
+            flat += [(f"{split}/{k}", r[k]["raw"]) for k in ("uncalibrated", "calibrated") if k in r]
+    for split, r in flat:
         o = r["overall"]
         lines.append(f"  {split:<9} rows={o.get('n')} R2={f(o.get('r2'))} MAE={f(o.get('mae'), 1)} tokens "
                      f"RMSE={f(o.get('rmse'), 1)} kendall_tau_step0={f(r.get('kendall_tau_step0'))}")

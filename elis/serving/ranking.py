@@ -80,8 +80,6 @@ def _tau_b_numpy(x, y) -> float | None:
     n = x.size
     if n < 2:
         return None
-    if n <= _SMALL_N:  # typical decisions (a few competing requests): plain loops beat numpy's overhead
-        return _kendall_tau_b_small(x.tolist(), y.tolist())
     iu = np.triu_indices(n, 1)
     sx = np.sign(x[:, None] - x[None, :])[iu]
     sy = np.sign(y[:, None] - y[None, :])[iu]
@@ -92,31 +90,6 @@ def _tau_b_numpy(x, y) -> float | None:
     if denom == 0:
         return None
     return int(np.sum(sx * sy)) / denom
-
-
-_SMALL_N = 48
-
-
-def _kendall_tau_b_small(x: list[float], y: list[float]) -> float | None:
-    """``kendall_tau_b`` by pairwise comparison (same integers, hence the same float, as the
-    numpy form: ``sign(a − b)`` of finite floats is the comparison of ``a`` and ``b``)."""
-    n = len(x)
-    s = tx = ty = 0
-    for i in range(n - 1):
-        xi, yi = x[i], y[i]
-        for j in range(i + 1, n):
-            dx = (xi > x[j]) - (xi < x[j])
-            dy = (yi > y[j]) - (yi < y[j])
-            if dx == 0:
-                tx += 1
-            if dy == 0:
-                ty += 1
-            s += dx * dy
-    n0 = n * (n - 1) // 2
-    denom = math.sqrt((n0 - tx) * (n0 - ty))
-    if denom == 0:
-        return None
-    return float(s / denom)
 
 
 class RankingTracker:

@@ -8,12 +8,13 @@ and prediction service from here, so none of them re-implements scheduling and n
 
     build_schedulers(sched, ...)          one ``Scheduler`` per worker from a plain sched dict
     build_prediction_service(cfg, cm)     ``cfg.predictor.runtime`` → ``PredictionService``
-    build_worker(worker_cfg, w, shared)   one real worker ('hf' | 'vllm' | 'remote')
+    build_worker(worker_cfg, w, shared)   one real worker ('hf' | 'remote')
     build_handles(cfg)                    handles for ``cfg.num_workers`` workers (local | ray)
     build_runtime(cfg, sched, prediction) all of the above as a ``Runtime``
 
 ``worker.kind`` values: 'sim' (simulator only), 'hf' (in-process transformers), 'remote'
-(OpenAI-compatible servers by URL, ``elis.serving.workers.remote``), 'vllm' (in-process vLLM).
+(OpenAI-compatible servers by URL, ``elis.serving.workers.remote``: the vLLM path is ``vllm serve``
+behind it, see ``scripts/vllm_smoke.sh``; the in-process vLLM worker written for vLLM 0.11 was removed).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ SCHED_KEYS = (
     "policy", "mode", "preemption", "preemption_margin", "aging_tokens_per_s", "promote_after_s", "promote_by",
     "policy_params",
 )
-REAL_WORKER_KINDS = ("hf", "remote", "vllm")
+REAL_WORKER_KINDS = ("hf", "remote")
 
 
 def json_default(o):
@@ -168,13 +169,6 @@ def build_worker(worker_cfg, worker_id: int, shared=None):
         ValueError: an unknown ``worker.kind`` (lists the valid ones).
     """
     kind = worker_cfg.get("kind")
-    if kind == "vllm":
-        from elis.serving.workers.vllm_worker import build_vllm_worker
-
-        if int(worker_id) > 0 and shared is not None:
-            raise ValueError("worker=vllm with cluster=local runs one engine per process; "
-                             "use num_workers=1 or cluster=ray (one GPU per actor)")
-        return build_vllm_worker(worker_cfg, worker_id), True
     if kind == "remote":
         from elis.serving.workers.remote import build_remote_worker
 
@@ -227,8 +221,7 @@ def build_handles(cfg) -> tuple[list, Any]:
     cluster = cfg.get("cluster") or {}
     ckind = cluster.get("kind", "local") if cluster else "local"
     if kind not in REAL_WORKER_KINDS:
-        raise ValueError(f"worker.kind={kind!r} has no wall-clock backend; valid: ['sim', 'hf', 'remote', "
-                         "'vllm', 'vllm_priority']")
+        raise ValueError(f"worker.kind={kind!r} has no wall-clock backend; valid: ['sim', 'hf', 'remote']")
     if ckind == "ray":
         from elis.serving.workers.ray_worker import build_ray_handles
 

@@ -510,8 +510,6 @@ def run_variant(cfg, sched: dict, table, prediction, cost_model, out_dir: Path) 
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.worker.kind == "vllm_priority":
-        return run_vllm_priority_variant(cfg, table, prediction, out_dir)
     rt = build_runtime(cfg, sched, prediction, cost_model)
     handles, tok, live, schedulers, lb = rt.handles, rt.tokenizer, rt.prediction, rt.schedulers, rt.load_balancer
     streams = sampling_streams_of(out_dir, table, bool(cfg.worker.get("replay_generation_streams", True)))
@@ -547,45 +545,4 @@ def run_variant(cfg, sched: dict, table, prediction, cost_model, out_dir: Path) 
     log.info("%s/%s on %s: jct_mean_s=%.3f p99=%.3f (%d requests, %.1f s wall, %d faults)",
              sched["policy"], sched.get("mode"), cfg.worker.kind, metrics["jct_mean_s"] or float("nan"),
              metrics["jct_p99_s"] or float("nan"), len(table), counters["wall_s"], len(runner.faults))
-    return metrics
-
-
-def run_vllm_priority_variant(cfg, table, prediction, out_dir: Path) -> dict:
-    """``worker=vllm_priority``: static SJF inside vLLM (``elis.serving.workers.vllm_worker``);
-    the scheduling variant is ignored (vLLM orders requests). Same records and summary."""
-    from elis.serving.runtime import json_default as _json_default
-    from elis.serving.workers.hf import encode_prompt
-    from elis.serving.workers.vllm_worker import VLLMPriorityRunner, build_vllm_llm
-
-    if prediction is None:
-        raise ValueError("worker=vllm_priority needs a predictor (its first prediction is the priority)")
-    llm = build_vllm_llm(cfg.worker, scheduling_policy="priority")
-    tok = llm.get_tokenizer()
-    n = len(table)
-    reqs = [table.make_request(i) for i in range(n)]
-    prompt_ids = [encode_prompt(tok, r.prompt) for r in reqs]
-    preds, _ = prediction.predict(reqs)
-    for r, p, ids in zip(reqs, preds, prompt_ids):
-        r.record_prediction(float(p))
-        r.arrival_time_s *= float(cfg.worker.get("time_scale", 1.0))
-        r.num_prompt_tokens = len(ids)
-        r.worker_id = 0
-    s = cfg.worker.get("sampling") or {}
-    runner = VLLMPriorityRunner(llm, float(s.get("temperature", 0.0)), float(s.get("top_p", 1.0)),
-                                int(s.get("seed", 0)), int(cfg.max_tokens))
-    t0 = time.perf_counter()
-    runner.run(reqs, prompt_ids)
-    rec = RequestRecorder(record_intervals=bool(cfg.record_intervals))
-    rec.add_all(reqs)
-    df = rec.to_frame()
-    check_invariants(df.assign(true_num_output_tokens=-1), n)
-    df.to_parquet(out_dir / "requests.parquet", index=False)
-    metrics = summarize(df)
-    metrics.update({"wall_s": time.perf_counter() - t0, "worker_kind": "vllm_priority",
-                    "variant": {"policy": "vllm_priority_static_sjf"}})
-    if prediction is not None:
-        from elis.serving.prediction import predictor_stats
-
-        metrics.update(predictor_stats(prediction.predictor))  # e.g. embedding.num_truncated
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
     return metrics

@@ -1,1 +1,1 @@
-"""Workers: one engine instance each (simulated, transformers, vLLM), local or Ray actors."""
+"""Workers: one engine instance each (simulated, transformers, remote OpenAI-compatible servers), local or Ray actors."""

@@ -187,14 +187,9 @@ def build_ray_handles(cfg) -> tuple[list[RayWorkerHandle], Any]:
         ray.init(**kw)
         log.info("ray: %s", ray.cluster_resources())
     worker_cfg = OmegaConf.to_container(cfg.worker, resolve=True)
-    if worker_cfg.get("kind") == "vllm":  # the driver needs only the tokenizer
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(worker_cfg["model"]["name_or_path"])
-    else:
-        local, _ = build_worker(worker_cfg, -1)
-        tok = local.engine.tokenizer
-        del local
+    local, _ = build_worker(worker_cfg, -1)
+    tok = local.engine.tokenizer
+    del local
     cls = actor_class().options(num_cpus=float(cluster.get("num_cpus_per_worker", 1)),
                                 num_gpus=float(cluster.get("num_gpus_per_worker", 0)), max_restarts=0,
                                 # a second thread serves `cancel` while `execute` runs
