@@ -204,3 +204,23 @@ def test_kendall_tau_b_long_queue_uses_n_log_n_form_with_the_same_value():
     fast = ranking.kendall_tau_b(x, y)
     assert fast == pytest.approx(ranking._tau_b_numpy(x, y), abs=1e-12)
     assert ranking.kendall_tau_b(np.ones(ranking.LARGE_N + 1), y[: ranking.LARGE_N + 1]) is None
+
+
+def test_ranking_tracker_skips_decisions_beyond_the_cost_bound():
+    """A decision with more than MAX_COMPETING requests is counted as skipped, never observed;
+    up to the bound it is observed (hand-computed τ = 1 for identical orders)."""
+    from elis.serving.ranking import MAX_COMPETING, RankingTracker, ranking_counters
+
+    t = RankingTracker()
+    assert not t.admits(1)  # fewer than two: nothing to rank, not a skip
+    assert t.admits(MAX_COMPETING)
+    t.observe([3.0, 1.0, 2.0], [30.0, 10.0, 20.0])
+    assert not t.admits(MAX_COMPETING + 1)
+    assert (t.num_decisions, t.num_skipped, t.mean) == (1, 1, 1.0)
+
+    class _S:
+        ranking = t
+
+    assert ranking_counters([_S()]) == {
+        "kendall_tau_cowaiting_mean": 1.0, "num_ranking_decisions": 1, "num_ranking_decisions_skipped": 1,
+    }
