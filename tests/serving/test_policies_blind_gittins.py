@@ -21,8 +21,8 @@ def _finish(res) -> dict[str, float]:
 
 def test_las_alternates_by_attained_service_hand_trace():
     # A (3 tokens) and B (2 tokens) arrive at 0; W = 1, batch 1, 1 s per decode step; an EOS
-    # answer spends one more step choosing EOS (docs/notes/sched.md), so A needs 4 steps, B 3.
-    # Equal keys keep the incumbent (docs/notes/sched.md). t0: both 0, tie in the buffer -> A
+    # answer spends one more step choosing EOS (README, "Scheduling and simulation"), so A needs 4 steps, B 3.
+    # Equal keys keep the incumbent (README, "Scheduling and simulation"). t0: both 0, tie in the buffer -> A
     # (seq 0). t1: A=1 > B=0 -> B. t2: 1 vs 1, B keeps. t3: B=2 > A=1 -> A. t4: 2 vs 2, A keeps.
     # t5: A=3 > B=2 -> B's EOS step, done at 6. A's EOS step [6, 7].
     res, _ = simulate(make_table([3, 2], ids=["A", "B"]), make_schedulers("las", window_tokens=1))
