@@ -326,16 +326,8 @@ def write_seed_comparison(run_dir: str | Path) -> tuple[Path, Path]:
     frame = seed_comparison_frame(root)
     csv_path, md_path = root / "comparison.csv", root / "comparison.md"
     frame.to_csv(csv_path, index=False)
-    md_path.write_text(seed_comparison_markdown(frame) + skipped_lines(root))
+    md_path.write_text(seed_comparison_markdown(frame))
     return md_path, csv_path
-
-
-def skipped_lines(run_dir: str | Path) -> str:
-    """Markdown lines naming the variants a comparison left out (``skipped_variants.json``), or ''."""
-    p = Path(run_dir) / "skipped_variants.json"
-    if not p.exists():
-        return ""
-    return "".join(f"- Not run: {name}: {reason}\n" for name, reason in json.loads(p.read_text()).items())
 
 
 def format_fail_reasons(reasons: dict | None) -> str:
@@ -372,7 +364,7 @@ def write_comparison(run_dir: str | Path) -> tuple[Path, Path]:
     df = load_variants(root)
     csv_path, md_path = root / "comparison.csv", root / "comparison.md"
     comparison_frame(df).to_csv(csv_path, index=False)
-    md_path.write_text(comparison_markdown(df) + skipped_lines(root))
+    md_path.write_text(comparison_markdown(df))
     return md_path, csv_path
 
 

@@ -398,33 +398,26 @@ def variants_of(cfg: DictConfig) -> list[tuple[str, dict]]:
     return out
 
 
-def split_runnable_variants(
-    variants: list[tuple[str, dict]], prediction: PredictionService | None,
-) -> tuple[list[tuple[str, dict]], dict[str, str]]:
-    """``(runnable, {skipped name: reason})``: the compare variants the predictor can serve.
+def compare_skip_reason(cfg: DictConfig, sched: dict, prediction) -> str | None:
+    """Why a ``compare.variants`` entry cannot run with this predictor, or None.
 
-    A policy ranking by a predictive distribution (``needs_quantiles``, e.g. gittins) cannot run
-    with a point predictor (``predictor=minilm``); in a comparison of several variants it is left
-    out, named with its reason (logged, ``skipped_variants.json``, a line in ``comparison.md``),
-    instead of failing the whole comparison. A run left with nothing runnable keeps the policy's
-    own error (raised when its scheduler is built).
+    A comparison preset lists every policy; one that needs something the configured predictor
+    does not give (``gittins`` needs ``predict_quantiles``: oracle, noisy_oracle, gbdt) is skipped
+    with a WARNING and listed in ``skipped_variants.json`` instead of failing the whole run (e.g.
+    ``make run`` with the learned MLP). A single policy (no ``compare``) still fails with the
+    policy's own error naming the predictor.
     """
-    from elis.predictor.base import supports_quantiles
-    from elis.serving.policy import policy_class
+    if prediction is None or not cfg.get("compare") or len(cfg.compare.variants) < 2:
+        return None  # no predictor at all: the policy's own error, as for a single run
+    from elis.serving.policy import make_policy
 
-    inner = getattr(prediction, "predictor", prediction)
-    has_quantiles = prediction is not None and supports_quantiles(inner)
-    pname = getattr(inner, "name", None) or type(inner).__name__
-    runnable, skipped = [], {}
-    for name, sched in variants:
-        if policy_class(str(sched["policy"])).needs_quantiles and not has_quantiles:
-            skipped[name] = (f"policy {sched['policy']!r} needs a predictive distribution; predictor {pname!r} "
-                             "does not implement predict_quantiles (use predictor=oracle, noisy_oracle or gbdt)")
-        else:
-            runnable.append((name, sched))
-    if not runnable:
-        return variants, {}
-    return runnable, skipped
+    params = dict(sched.get("policy_params") or {})
+    policy = make_policy(sched["policy"], **params)
+    try:
+        policy.validate_predictor(prediction)  # what the Scheduler checks, with the same object
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def run(cfg: DictConfig) -> dict:
@@ -442,6 +435,7 @@ def run(cfg: DictConfig) -> dict:
     sweep = cfg.get("sweep")
     rates = list(sweep.rates_rps) if sweep else [None]
     results: dict = {"output_dir": str(out_dir)}
+    skipped: dict[str, str] = {}
     for rate in rates:
         rcfg = cfg
         rdir = out_dir
@@ -468,13 +462,12 @@ def run(cfg: DictConfig) -> dict:
             sdir.mkdir(parents=True, exist_ok=True)
             wl.to_parquet(sdir / "workload.parquet", index=False)
             prediction = build_prediction(scfg, cost_model, table)
-            runnable, skipped = split_runnable_variants(variants, prediction) if cfg.get("compare") else (
-                variants, {})
-            for d in {sdir, rdir, out_dir} if skipped else ():
-                (d / "skipped_variants.json").write_text(json.dumps(skipped, indent=2))
-            for name, reason in skipped.items():
-                log.warning("variant %s skipped: %s", name, reason)
-            for name, sched in runnable:
+            for name, sched in variants:
+                reason = compare_skip_reason(cfg, sched, prediction)
+                if reason is not None:  # counted and reported, never silently dropped
+                    log.warning("variant %s skipped: %s", name, reason)
+                    skipped[name] = reason
+                    continue
                 vdir = sdir if not cfg.get("compare") else sdir / "variants" / name
                 m = run_variant(scfg, sched, table, prediction, cost_model, vdir)
                 m.update(wstats)  # realised offered load next to the requested one
@@ -486,10 +479,15 @@ def run(cfg: DictConfig) -> dict:
                 from elis.experiments.report import write_comparison
 
                 write_comparison(sdir)
+                if skipped:
+                    with open(sdir / "comparison.md", "a") as fh:
+                        fh.write("\n" + "".join(f"Skipped {n}: {r}\n" for n, r in skipped.items()))
         if seeds != [None]:
             from elis.experiments.report import write_seed_comparison
 
             write_seed_comparison(rdir)
+    if skipped:
+        (out_dir / "skipped_variants.json").write_text(json.dumps(skipped, indent=2))
     if cfg.get("plots", True):
         from elis.experiments.plots import plot_run
 

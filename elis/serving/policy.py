@@ -50,7 +50,7 @@ first decision at which fewer than ``max_batch_size`` promoted requests precede 
 ``promote_by='age'`` a request whose time since ARRIVAL exceeds ``P`` is tier 0, running or
 waiting, and tier 0 is served oldest first (FCFS among the old): a running old request keeps
 its slot against every younger one. This bounds the tail like FCFS for requests that reach
-age ``P`` while the key orders everything younger (the tail setting, docs/notes/NOTE.md).
+age ``P`` while the key orders everything younger (the tail setting; trade-off measured in the README, "Tail vs mean").
 """
 
 from __future__ import annotations
@@ -81,7 +81,6 @@ class SchedulingPolicy:
     name: ClassVar[str] = ""
     uses_predictions: ClassVar[bool] = False
     repredicts: ClassVar[bool] = False
-    needs_quantiles: ClassVar[bool] = False  # ranks by a predictive distribution (predict_quantiles)
     quantile_levels: tuple[float, ...] | None = None
 
     def __new__(cls, name: str | None = None, *args: Any, **kwargs: Any):
@@ -336,7 +335,6 @@ class Gittins(SchedulingPolicy):
     name = "gittins"
     uses_predictions = True
     repredicts = True
-    needs_quantiles = True
 
     def __init__(
         self, name: str | None = None, aging_tokens_per_s: float = 0.0, promote_after_s: float | None = None,

@@ -56,31 +56,3 @@ def test_capacity_counts_outputs_capped_at_max_tokens():
     # 1 req/s offered → load 0.125 (uncapped it would be 0.275)
     load = warn_if_overloaded(_wl([0.0, 1.0, 2.0]), CM, max_batch_size=4, num_workers=1, max_tokens=4)
     assert load == pytest.approx(1 / 8)
-
-
-def test_compare_leaves_out_distribution_policies_a_point_predictor_cannot_serve(tmp_path):
-    """`make run` (predictor=minilm, preset=compare with gittins) must not fail: gittins is named
-    as not run, with its reason, and every other variant runs; alone it keeps its error."""
-    import json
-    from types import SimpleNamespace
-
-    from elis.experiments.report import skipped_lines
-    from elis.experiments.run import split_runnable_variants
-    from elis.predictor.simple import ConstantPredictor, NoisyOraclePredictor
-
-    variants = [("fcfs_w", {"policy": "fcfs"}), ("gittins_w", {"policy": "gittins"}),
-                ("isrtf_c", {"policy": "isrtf"}), ("gittins_c", {"policy": "gittins"})]
-    point = SimpleNamespace(predictor=ConstantPredictor(100.0))  # as PredictionService wraps it
-    runnable, skipped = split_runnable_variants(variants, point)
-    assert [n for n, _ in runnable] == ["fcfs_w", "isrtf_c"]
-    assert list(skipped) == ["gittins_w", "gittins_c"]
-    assert "predict_quantiles" in skipped["gittins_w"] and "noisy_oracle" in skipped["gittins_w"]
-    # A predictor with a distribution runs every variant.
-    assert split_runnable_variants(variants, SimpleNamespace(predictor=NoisyOraclePredictor())) == (variants, {})
-    # Nothing runnable: returned unchanged, so the policy's own error is raised where it is built.
-    only = [("gittins_w", {"policy": "gittins"})]
-    assert split_runnable_variants(only, point) == (only, {})
-    # The comparison names what was not run.
-    assert skipped_lines(tmp_path) == ""
-    (tmp_path / "skipped_variants.json").write_text(json.dumps({"gittins_w": "why"}))
-    assert skipped_lines(tmp_path) == "- Not run: gittins_w: why\n"
