@@ -486,6 +486,9 @@ def run(cfg: DictConfig) -> dict:
             from elis.experiments.report import write_seed_comparison
 
             write_seed_comparison(rdir)
+            if skipped:  # the over-seeds table names them too, not only each seed's
+                with open(rdir / "comparison.md", "a") as fh:
+                    fh.write("\n" + "".join(f"Skipped {n}: {r}\n" for n, r in skipped.items()))
     if skipped:
         (out_dir / "skipped_variants.json").write_text(json.dumps(skipped, indent=2))
     if cfg.get("plots", True):

@@ -204,6 +204,12 @@ def test_compare_skips_a_variant_the_predictor_cannot_serve_and_reports_it(tiny,
     skipped = json.loads((d / "skipped_variants.json").read_text())
     assert list(skipped) == ["gittins_windowed"] and "predict_quantiles" in skipped["gittins_windowed"]
     assert "Skipped gittins_windowed: policy 'gittins' needs a predictive distribution" in (d / "comparison.md").read_text()
+    # with seeds, the over-seeds comparison.md (the one a reader opens first) names it too
+    cfg = compose_cfg("run_experiment", BASE + ["preset=compare", variants, "predictor=prompt_length", "num_requests=8",
+                                                "compare.seeds=[0,1]", f"paths.output_dir={tiny / 'seeds_skip'}"])
+    out = run(cfg)
+    for md in (tiny / "seeds_skip" / "comparison.md", tiny / "seeds_skip" / "seeds" / "1" / "comparison.md"):
+        assert "Skipped gittins_windowed: policy 'gittins'" in md.read_text(), md
     # a single gittins run with that predictor still fails, naming the predictor
     single = compose_cfg("run_experiment", BASE + ["sched=gittins", "predictor=prompt_length", "num_requests=8"])
     with pytest.raises(ValueError, match="prompt_length"):
