@@ -42,7 +42,7 @@ def test_auto_predictor_uses_trained_checkpoint_when_present(tmp_path, compose_c
     with caplog.at_level("WARNING"):
         fallback = resolve_predictor(cfg)
     assert fallback.predictor.name == "noisy_oracle" and fallback.predictor_choice["name"] == "noisy_oracle"
-    assert "train one with `python train.py predictor=minilm data=tiny`" in caplog.text
+    assert "train one with `python train.py predictor=gbdt data=tiny`" in caplog.text
     ckpt = tmp_path / "models" / "minilm-tiny" / "best.ckpt"
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"x")
