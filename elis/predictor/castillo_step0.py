@@ -175,7 +175,8 @@ def _scores(t: np.ndarray, p: np.ndarray) -> dict[str, float]:
     t, p = t.astype(np.float64), p.astype(np.float64)
     ss = float(np.sum((t - t.mean()) ** 2))
     return {"n": int(len(t)), "r2": 1.0 - float(np.sum((t - p) ** 2)) / ss if ss > 0 else float("nan"),
-            "mae": float(np.mean(np.abs(t - p))), "tau": float(kendalltau(t, p).statistic)}
+            "mae": float(np.mean(np.abs(t - p))),
+            "tau": float(kendalltau(t, p).statistic) if len(t) >= 2 else float("nan")}
 
 
 def score_step0(frame: pd.DataFrame, pred: np.ndarray, cap_tokens: int = 4096) -> dict[str, Any]:
