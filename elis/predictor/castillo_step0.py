@@ -237,6 +237,60 @@ def run(root: str | Path, embed: Callable, *, ood_datasets: Sequence[str] = (), 
     return out
 
 
+def prompt_effects(prompts: Sequence[str], generators: Sequence[str], lengths: np.ndarray) -> pd.Series:
+    """Per prompt: mean over answers of ``log L − mean_generator(log L)`` (the prompt effect).
+
+    Args:
+        prompts / generators / lengths: one entry per answer (lengths >= 1 tokens).
+    """
+    logl = np.log(np.maximum(np.asarray(lengths, dtype=np.float64), 1.0))
+    m = pd.Series(logl).groupby(np.asarray(generators)).transform("mean").to_numpy()
+    return pd.Series(logl - m).groupby(np.asarray(prompts)).mean()
+
+
+def prompt_effect_transfer(
+    target: pd.Series, extra: pd.Series, embed: Callable[[list[str]], np.ndarray], *,
+    folds: int = 10, seeds: Sequence[int] = (0, 1, 2), extra_weight: float = 1.0,
+    alphas: Sequence[float] = (0.1, 1.0, 10.0, 100.0, 1000.0),
+) -> dict[str, Any]:
+    """Do extra prompts (e.g. CASTILLO × 13 models) help the ridge prompt effect of a target
+    corpus (e.g. alpaca_eval × 117 generators)? K-fold over the TARGET prompts: ridge fitted on
+    the other folds alone vs on the other folds + all ``extra`` prompts (exact-text duplicates of
+    target prompts removed), scored on the held-out fold (log-scale, per prompt).
+
+    Returns:
+        ``{"target_only": {...}, "with_extra": {...}, "num_extra": int}`` with, per variant,
+        ``r2_oof`` (pooled over all target prompts, one per seed), its mean, and ``tau_oof``.
+    """
+    from scipy.stats import kendalltau
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import KFold
+
+    extra = extra[~extra.index.isin(target.index)]
+    tp = list(target.index)
+    et = embed(tp).astype(np.float64)
+    ee = embed(list(extra.index)).astype(np.float64)
+    y = target.to_numpy(np.float64)
+    out: dict[str, Any] = {"num_target": len(tp), "num_extra": int(len(extra)), "extra_weight": extra_weight}
+    for name in ("target_only", "with_extra"):
+        r2s, taus = [], []
+        for seed in seeds:
+            oof = np.empty(len(tp))
+            for tr, te in KFold(n_splits=folds, shuffle=True, random_state=int(seed)).split(et):
+                if name == "target_only":
+                    x, yy, w = et[tr], y[tr], np.ones(len(tr))
+                else:
+                    x = np.vstack([et[tr], ee])
+                    yy = np.concatenate([y[tr], extra.to_numpy(np.float64)])
+                    w = np.concatenate([np.ones(len(tr)), np.full(len(ee), float(extra_weight))])
+                oof[te] = RidgeCV(alphas=list(alphas)).fit(x, yy, sample_weight=w).predict(et[te])
+            r2s.append(1.0 - float(np.sum((y - oof) ** 2) / np.sum((y - y.mean()) ** 2)))
+            taus.append(float(kendalltau(y, oof).statistic))
+        out[name] = {"r2_oof": r2s, "r2_oof_mean": float(np.mean(r2s)), "tau_oof": taus}
+    out["r2_gain_per_seed"] = [b - a for a, b in zip(out["target_only"]["r2_oof"], out["with_extra"]["r2_oof"])]
+    return out
+
+
 def _table(res: dict[str, Any]) -> str:
     rows = [("unseen prompts, all 7 datasets (trained on all)", res["in_domain"]["test"]["overall"])]
     if "ood" in res:
@@ -262,6 +316,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", default="0", help="comma list of seeds (split + LightGBM)")
     ap.add_argument("--num-threads", type=int, default=1, help="LightGBM threads")
     ap.add_argument("--out", default="outputs/castillo_step0")
+    ap.add_argument("--alpaca-dir", default="", help="built alpaca_eval dataset (data/alpaca_eval): "
+                    "also measure whether CASTILLO prompts help alpaca_eval's prompt effect")
+    ap.add_argument("--transfer-datasets", default="", help="CASTILLO datasets used as extra prompts (default all)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -279,14 +336,31 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    for seed in [int(s) for s in args.seeds.split(",") if s]:
         res = run(args.root, embed, ood_datasets=ood, seed=seed, num_threads=args.num_threads)
         results[str(seed)] = res
         log.info("seed %d\n%s", seed, _table(res))
         (out / "metrics.json").write_text(json.dumps({"embedding": cache.stats(), "seeds": results},
                                                      indent=2, default=float))
         (out / "summary.md").write_text("\n".join(f"seed {s}\n\n{_table(r)}" for s, r in results.items()))
-    print((out / "summary.md").read_text())
+    if args.alpaca_dir:
+        from elis.data.build import load_dataset_dir
+
+        pairs, _, _ = load_dataset_dir(args.alpaca_dir)
+        ap_ = pd.concat([pairs[s].to_pandas() for s in pairs], ignore_index=True)
+        target = prompt_effects(ap_["prompt"], ap_["generator"], ap_["num_output_tokens"])
+        cf = load_step0_frame(args.root)
+        keep = [d for d in args.transfer_datasets.split(",") if d]
+        if keep:
+            cf = cf[cf["dataset"].isin(keep)]
+        ss = _single_samples(cf)
+        extra = prompt_effects(ss["prompt"], ss["generator"], ss["num_output_tokens"])
+        tr = prompt_effect_transfer(target, extra, embed)
+        tr["transfer_datasets"] = keep or "all"
+        (out / "transfer.json").write_text(json.dumps(tr, indent=2))
+        print(json.dumps({k: v for k, v in tr.items()}, indent=1))
+    if results:
+        print((out / "summary.md").read_text())
 
 
 if __name__ == "__main__":

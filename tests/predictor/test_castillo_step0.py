@@ -80,3 +80,37 @@ def test_run_recovers_planted_effect_and_scores_ood(castillo_root):
     assert run(root, embed, seed=0, **kw)["in_domain"]["test"] == res["in_domain"]["test"]
     with pytest.raises(ValueError, match="valid: Chat, Code"):
         run(root, embed, ood_datasets=["Apps"], seed=0, **kw)
+
+
+def test_prompt_effects_hand_computed():
+    from elis.predictor.castillo_step0 import prompt_effects
+
+    # generator g1: log lengths ln(e^1)=1? use exact powers of e via np.exp
+    lengths = np.exp([1.0, 3.0, 2.0, 2.0])  # (a,g1) (b,g1) (a,g2) (b,g2)
+    eff = prompt_effects(["a", "b", "a", "b"], ["g1", "g1", "g2", "g2"], lengths)
+    # g1 mean 2 → a: −1, b: +1; g2 mean 2 → a: 0, b: 0; per prompt mean: a −0.5, b +0.5
+    assert eff["a"] == pytest.approx(-0.5) and eff["b"] == pytest.approx(0.5)
+
+
+def test_prompt_effect_transfer_helps_when_extra_shares_the_signal():
+    from elis.predictor.castillo_step0 import prompt_effect_transfer
+
+    rng = np.random.default_rng(0)
+    d = 40
+    w = rng.normal(0, 1, d) / np.sqrt(d)
+    vec = {}
+
+    def corpus(prefix, n, noise):
+        x = rng.normal(0, 1, (n, d))
+        names = [f"{prefix}{i}" for i in range(n)]
+        vec.update(zip(names, x))
+        return pd.Series(x @ w + rng.normal(0, noise, n), index=names)
+
+    target, extra = corpus("t", 60, 0.3), corpus("e", 600, 0.3)
+    res = prompt_effect_transfer(target, extra, lambda ps: np.stack([vec[p] for p in ps]), folds=5, seeds=(0,))
+    assert res["num_extra"] == 600
+    assert res["with_extra"]["r2_oof_mean"] > res["target_only"]["r2_oof_mean"] + 0.1
+    # extra prompts carrying an unrelated effect do not help
+    noise_extra = pd.Series(rng.normal(0, 1, 600), index=extra.index)
+    bad = prompt_effect_transfer(target, noise_extra, lambda ps: np.stack([vec[p] for p in ps]), folds=5, seeds=(0,))
+    assert bad["with_extra"]["r2_oof_mean"] < res["with_extra"]["r2_oof_mean"]
