@@ -200,7 +200,7 @@ def score_step0(frame: pd.DataFrame, pred: np.ndarray, cap_tokens: int = 4096) -
 
 
 def run(root: str | Path, embed: Callable, *, ood_datasets: Sequence[str] = (), seed: int = 0,
-        fractions: dict[str, float] | None = None, **fit_kwargs) -> dict[str, Any]:
+        fractions: dict[str, float] | None = None, score_cap_tokens: int = 4096, **fit_kwargs) -> dict[str, Any]:
     """Split, fit in-domain (all datasets) and, if ``ood_datasets``, without them; score test.
 
     Raises:
@@ -221,7 +221,7 @@ def run(root: str | Path, embed: Callable, *, ood_datasets: Sequence[str] = (), 
     out["in_domain"] = {"fit_cpu_s": time.process_time() - t, "r2_oof_prompt_effect": model["r2_oof"],
                         "best_iteration": model["best_iteration"],
                         "test": score_step0(parts["test"], predict_step0(model, parts["test"], embed),
-                                            model["cap_tokens"])}
+                                            score_cap_tokens)}
     if ood_datasets:
         is_ood = {s: f["dataset"].isin(list(ood_datasets)) for s, f in parts.items()}
         t = time.process_time()
@@ -230,10 +230,10 @@ def run(root: str | Path, embed: Callable, *, ood_datasets: Sequence[str] = (), 
         test_ood = parts["test"][is_ood["test"]]
         out["ood"] = {"datasets": list(ood_datasets), "fit_cpu_s": time.process_time() - t,
                       "best_iteration": m2["best_iteration"], "r2_oof_prompt_effect": m2["r2_oof"],
-                      "trained_without": score_step0(test_ood, predict_step0(m2, test_ood, embed), m2["cap_tokens"]),
-                      "trained_with": score_step0(test_ood, predict_step0(model, test_ood, embed), model["cap_tokens"]),
+                      "trained_without": score_step0(test_ood, predict_step0(m2, test_ood, embed), score_cap_tokens),
+                      "trained_with": score_step0(test_ood, predict_step0(model, test_ood, embed), score_cap_tokens),
                       "in_domain_rest_without": score_step0(parts["test"][~is_ood["test"]], predict_step0(
-                          m2, parts["test"][~is_ood["test"]], embed), m2["cap_tokens"])}
+                          m2, parts["test"][~is_ood["test"]], embed), score_cap_tokens)}
     return out
 
 
@@ -314,6 +314,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cache-dir", default="cache")
     ap.add_argument("--ood-datasets", default="", help="comma list, e.g. Apps,Mbpp,DS1000,BigCodeBench")
     ap.add_argument("--seeds", default="0", help="comma list of seeds (split + LightGBM)")
+    ap.add_argument("--train-cap-tokens", type=int, default=4096,
+                    help="training targets (and predictions) capped here; scores are raw and capped at 4,096")
     ap.add_argument("--num-threads", type=int, default=1, help="LightGBM threads")
     ap.add_argument("--out", default="outputs/castillo_step0")
     ap.add_argument("--alpaca-dir", default="", help="built alpaca_eval dataset (data/alpaca_eval): "
@@ -337,7 +339,8 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     for seed in [int(s) for s in args.seeds.split(",") if s]:
-        res = run(args.root, embed, ood_datasets=ood, seed=seed, num_threads=args.num_threads)
+        res = run(args.root, embed, ood_datasets=ood, seed=seed, num_threads=args.num_threads,
+                  cap_tokens=args.train_cap_tokens)
         results[str(seed)] = res
         log.info("seed %d\n%s", seed, _table(res))
         (out / "metrics.json").write_text(json.dumps({"embedding": cache.stats(), "seeds": results},
