@@ -320,6 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="outputs/castillo_step0")
     ap.add_argument("--alpaca-dir", default="", help="built alpaca_eval dataset (data/alpaca_eval): "
                     "also measure whether CASTILLO prompts help alpaca_eval's prompt effect")
+    ap.add_argument("--extra-weight", type=float, default=1.0, help="ridge sample weight of each CASTILLO prompt")
     ap.add_argument("--transfer-datasets", default="", help="CASTILLO datasets used as extra prompts (default all)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -358,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
             cf = cf[cf["dataset"].isin(keep)]
         ss = _single_samples(cf)
         extra = prompt_effects(ss["prompt"], ss["generator"], ss["num_output_tokens"])
-        tr = prompt_effect_transfer(target, extra, embed)
+        tr = prompt_effect_transfer(target, extra, embed, extra_weight=args.extra_weight)
         tr["transfer_datasets"] = keep or "all"
         (out / "transfer.json").write_text(json.dumps(tr, indent=2))
         print(json.dumps({k: v for k, v in tr.items()}, indent=1))
