@@ -14,7 +14,9 @@ stop strings and metrics.
 Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions`` (``stream`` SSE or one JSON;
 ``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``; ``n`` must be 1), ``GET /v1/models``,
 ``GET /health``, ``GET /metrics`` (Prometheus text). Extensions (vLLM's names): a completion
-``prompt`` may be a list of token ids; ``return_token_ids: true`` adds ``prompt_token_ids`` and
+``prompt`` may be a list of token ids; ``elis_position_offset: k`` (sent by ``worker=remote``) says the
+prompt's last k tokens are the request's earlier output, so seeded sampling continues at output
+position k (window k of a request draws the same tokens on any backend); ``return_token_ids: true`` adds ``prompt_token_ids`` and
 per-choice ``token_ids`` (what ``elis.serving.workers.remote`` needs from a backend, so this
 gateway is also "our own backend server").
 
@@ -487,8 +489,12 @@ class Gateway:
                 raise GatewayError(f"'{name}' is required: the gateway has no context length or "
                                    "default_max_tokens configured", param=name)
             max_tokens = min(cands)
+        # ELIS extension (sent by worker=remote): how many of this request's earlier output
+        # tokens end the prompt, so seeded draws continue at that output position
+        offset = _field(body, "elis_position_offset", int, 0, lambda v: 0 <= v <= n_prompt,
+                        f"an integer in [0, {n_prompt}] (at most the prompt's tokens)")
         try:
-            sampling = SamplingOptions(temperature, top_p, seed)
+            sampling = SamplingOptions(temperature, top_p, seed, offset)
         except ValueError as exc:
             raise GatewayError(str(exc), param="temperature" if "temperature" in str(exc) else "top_p") from exc
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"

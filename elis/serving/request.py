@@ -20,15 +20,26 @@ from dataclasses import dataclass, field
 class SamplingOptions:
     """Per-request decoding options (OpenAI request fields); None → the worker's default.
 
+    ``position_offset`` (the gateway's ``elis_position_offset`` extension): the output-token
+    index of the first token this request generates. A remote worker resuming window k of a
+    request sends the tokens generated so far as the END of the prompt, with
+    ``position_offset = len(tokens generated so far)``; a seeded draw for output position ``i``
+    then uses the same stream whichever call or backend serves it (see
+    ``elis.serving.workers.hf``: draws are keyed by (seed, position)).
+
     Raises:
-        ValueError: temperature < 0 or not finite, top_p outside (0, 1] (names the field).
+        ValueError: temperature < 0 or not finite, top_p outside (0, 1], position_offset < 0
+            (names the field).
     """
 
     temperature: float | None = None
     top_p: float | None = None
     seed: int | None = None
+    position_offset: int = 0
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.position_offset, int) and self.position_offset >= 0):
+            raise ValueError(f"position_offset must be an integer >= 0, got {self.position_offset!r}")
         t, p = self.temperature, self.top_p
         if t is not None and not (0.0 <= t < float("inf")):
             raise ValueError(f"temperature must be finite and >= 0, got {t!r}")

@@ -25,7 +25,12 @@ Design (why it is built this way):
 * **Sampling** is greedy by default. With ``temperature > 0`` each token is drawn with its
   own generator ``elis.rng.make_rng(seed, f"sampling/{request_id}/{position}")`` where
   ``position`` is the output-token index: the draw is independent of window boundaries and
-  batch composition, so a seeded sampled run is reproducible and resumable too.
+  batch composition, so a seeded sampled run is reproducible and resumable too. A request with
+  its own ``seed`` uses the fixed stream name ``seeded-request`` (draws keyed by (seed,
+  position) only); a backend serving window k of another gateway's request (the earlier output
+  sent as the end of the prompt) learns the position of its first new token from
+  ``SamplingOptions.position_offset`` (the gateway's ``elis_position_offset``), so window k
+  draws the same tokens in-process, on a Ray actor or through gateway → backend.
 
 Numerics: in float32 on CPU a request's output is, in our tests, identical token for token
 whether it runs alone or batched and whether it is preempted and resumed (prefill of the
@@ -42,6 +47,7 @@ that produced it. A request's TTFT is its first token's time minus its arrival; 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import inspect
 import logging
@@ -114,6 +120,11 @@ class WindowItem:
         sampling_stream: names its sampling streams (``sampling/<stream>/<position>``);
             ``None`` → ``request_id``. Lets a serving run replay the exact seeded answers
             of a generation run (``elis.data.generate`` uses ``<generator>/<prompt_id>``).
+        position_offset: output-token index of the first token generated after
+            ``generated_token_ids`` minus their count, i.e. how many of this request's earlier
+            output tokens sit at the end of ``prompt_token_ids`` (a backend serving window k of
+            another gateway's request gets them as prompt). The draw for output token j uses
+            position ``position_offset + len(generated_token_ids) + j``.
     """
 
     request_id: str
@@ -124,6 +135,7 @@ class WindowItem:
     eos_token_ids: tuple[int, ...] | None = None
     sampling_stream: str | None = None
     sampling: SamplingParams | None = None
+    position_offset: int = 0
 
     def budget(self) -> int:
         """Tokens this window may generate: ``min(max_new_tokens, max_tokens - generated)``."""
@@ -314,8 +326,8 @@ class HFWindowEngine:
                     **{self._cache_kwarg: cache},
                 )
                 chosen = self._choose(out.logits[:, -1, :], [items[i] for i in rows],
-                                      [len(items[i].generated_token_ids) + len(new_tokens[i])
-                                       for i in rows])
+                                      [items[i].position_offset + len(items[i].generated_token_ids)
+                                       + len(new_tokens[i]) for i in rows])
                 now = self.clock()
                 timing.decode_step_times_s.append(now - step_start)
                 timing.decode_batch_sizes.append(len(rows))
@@ -469,9 +481,7 @@ class HFWindowEngine:
         generated = list(item.generated_token_ids)
         times: list[float] = []
         while True:
-            it = WindowItem(item.request_id, item.prompt_token_ids, tuple(generated),
-                            window_tokens, item.max_tokens, item.eos_token_ids,
-                            item.sampling_stream)
+            it = dataclasses.replace(item, generated_token_ids=tuple(generated), max_new_tokens=window_tokens)
             (o,) = self.run_window([it])
             generated += o.new_token_ids
             times += o.token_times_s
@@ -772,6 +782,7 @@ class HFWorker:
                     eos_token_ids=self.eos_token_ids,
                     sampling_stream=self._stream(it),
                     sampling=self._sampling(it.sampling),
+                    position_offset=getattr(it.sampling, "position_offset", 0) or 0,
                 )
                 reason = self.engine.check_item(wi)
             except ValueError as exc:

@@ -80,7 +80,8 @@ class RemoteOpenAIWorker:
         timeout_s: per-HTTP-request timeout.
         api_key: sent as ``Authorization: Bearer``.
         sampling: default decoding options ``{temperature, top_p, seed}`` (a request's own
-            ``SamplingOptions`` override them).
+            ``SamplingOptions`` override them; a request without its own seed is sent one
+            drawn from ``seed`` and its id, see ``request_seed``).
 
     Raises:
         ValueError: unknown ``resume`` (lists the valid ones).
@@ -241,17 +242,43 @@ class RemoteOpenAIWorker:
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
 
+    def request_seed(self, it: WindowItem) -> int:
+        """The ``seed`` sent for every window of ``it``'s request: its own OpenAI ``seed``, else
+        one drawn from (the worker's default seed, the request id), the same for all its
+        windows, so a sampled request is one reproducible stream (see ``_body``)."""
+        own = getattr(it.sampling, "seed", None)
+        if own is not None:
+            return int(own)
+        from elis.rng import make_rng
+
+        base = int(self.sampling.get("seed") or 0)
+        return int(make_rng(base, f"sampling/{it.request_id}").integers(0, 2**31 - 1))
+
     def _body(self, it: WindowItem, n: int) -> dict:
+        """One window's ``/v1/completions`` body.
+
+        Sampling: ``temperature``/``top_p`` from the request (else the worker's defaults);
+        ``seed`` = ``request_seed`` (the same in every window of the request); and the ELIS
+        extension ``elis_position_offset`` = tokens generated so far (the end of the token-id
+        prompt), so an ELIS backend (``serve.py``) keys window k's draws by (seed, output
+        position) exactly as an in-process worker does: a seeded request gives the same tokens
+        in one window, in many, or through gateway → backend. Other servers ignore the extension
+        (vLLM accepts and ignores unknown fields); vLLM restarts its per-request generator from
+        ``seed`` in every window, so its windows are reproducible run to run (same ``seed``,
+        same boundaries) but not equal to one uninterrupted vLLM generation.
+        """
         s = dict(self.sampling)
         opts = it.sampling
         if opts is not None:
-            for k in ("temperature", "top_p", "seed"):
+            for k in ("temperature", "top_p"):
                 if getattr(opts, k) is not None:
                     s[k] = getattr(opts, k)
+        s["seed"] = self.request_seed(it)
         body = {"model": self.model, "prompt": self._prompt(it), "max_tokens": int(n), "stream": True,
                 "stream_options": {"include_usage": True}, **{k: v for k, v in s.items() if v is not None}}
-        if self.resume == "token_ids":
+        if self.resume == "token_ids":  # text mode: servers (llama.cpp) whose strictness is unknown
             body["return_token_ids"] = True
+            body["elis_position_offset"] = len(it.output_token_ids)
         return body
 
     async def _run_item(self, it: WindowItem, n: int, stream: bool = False):
