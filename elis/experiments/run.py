@@ -396,6 +396,28 @@ def variants_of(cfg: DictConfig) -> list[tuple[str, dict]]:
     return out
 
 
+def compare_skip_reason(cfg: DictConfig, sched: dict, prediction) -> str | None:
+    """Why a ``compare.variants`` entry cannot run with this predictor, or None.
+
+    A comparison preset lists every policy; one that needs something the configured predictor
+    does not give (``gittins`` needs ``predict_quantiles``: oracle, noisy_oracle, gbdt) is skipped
+    with a WARNING and listed in ``skipped_variants.json`` instead of failing the whole run (e.g.
+    ``make run`` with the learned MLP). A single policy (no ``compare``) still fails with the
+    policy's own error naming the predictor.
+    """
+    if prediction is None or not cfg.get("compare") or len(cfg.compare.variants) < 2:
+        return None  # no predictor at all: the policy's own error, as for a single run
+    from elis.serving.policy import make_policy
+
+    params = dict(sched.get("policy_params") or {})
+    policy = make_policy(sched["policy"], **params)
+    try:
+        policy.validate_predictor(prediction)  # what the Scheduler checks, with the same object
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def run(cfg: DictConfig) -> dict:
     """Run the configured experiment; returns ``{variant_name: metrics}`` (+ ``output_dir``)."""
     import hydra.utils
@@ -411,6 +433,7 @@ def run(cfg: DictConfig) -> dict:
     sweep = cfg.get("sweep")
     rates = list(sweep.rates_rps) if sweep else [None]
     results: dict = {"output_dir": str(out_dir)}
+    skipped: dict[str, str] = {}
     for rate in rates:
         rcfg = cfg
         rdir = out_dir
@@ -438,6 +461,11 @@ def run(cfg: DictConfig) -> dict:
             wl.to_parquet(sdir / "workload.parquet", index=False)
             prediction = build_prediction(scfg, cost_model, table)
             for name, sched in variants:
+                reason = compare_skip_reason(cfg, sched, prediction)
+                if reason is not None:  # counted and reported, never silently dropped
+                    log.warning("variant %s skipped: %s", name, reason)
+                    skipped[name] = reason
+                    continue
                 vdir = sdir if not cfg.get("compare") else sdir / "variants" / name
                 m = run_variant(scfg, sched, table, prediction, cost_model, vdir)
                 m.update(wstats)  # realised offered load next to the requested one
@@ -449,10 +477,15 @@ def run(cfg: DictConfig) -> dict:
                 from elis.experiments.report import write_comparison
 
                 write_comparison(sdir)
+                if skipped:
+                    with open(sdir / "comparison.md", "a") as fh:
+                        fh.write("\n" + "".join(f"Skipped {n}: {r}\n" for n, r in skipped.items()))
         if seeds != [None]:
             from elis.experiments.report import write_seed_comparison
 
             write_seed_comparison(rdir)
+    if skipped:
+        (out_dir / "skipped_variants.json").write_text(json.dumps(skipped, indent=2))
     if cfg.get("plots", True):
         from elis.experiments.plots import plot_run
 

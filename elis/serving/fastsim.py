@@ -558,7 +558,7 @@ class FastSimulator:
                 keyed.sort(key=_first)
         else:
             continuing, keyed = running, []
-        if self.uses_predictions and len(buf) + len(keyed) >= 2:  # Scheduler._observe_ranking
+        if self.uses_predictions and wk.ranking.admits(len(buf) + len(keyed)):  # Scheduler._observe_ranking
             group = [r for _, r in buf if r.predicted_remaining_tokens is not None]
             group += [r for _, r in keyed if r.predicted_remaining_tokens is not None]
             if len(group) >= 2:

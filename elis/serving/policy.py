@@ -50,7 +50,7 @@ first decision at which fewer than ``max_batch_size`` promoted requests precede 
 ``promote_by='age'`` a request whose time since ARRIVAL exceeds ``P`` is tier 0, running or
 waiting, and tier 0 is served oldest first (FCFS among the old): a running old request keeps
 its slot against every younger one. This bounds the tail like FCFS for requests that reach
-age ``P`` while the key orders everything younger (the tail setting, docs/notes/NOTE.md).
+age ``P`` while the key orders everything younger (the tail setting; trade-off measured in the README, "Tail vs mean").
 """
 
 from __future__ import annotations

@@ -450,7 +450,7 @@ class Scheduler:
 
     def _observe_ranking(self, contenders: list[Request]) -> None:
         """τ between predicted and true remaining tokens of the requests competing now."""
-        if len(self.buffer) + len(contenders) < 2:
+        if not self.ranking.admits(len(self.buffer) + len(contenders)):
             return
         group = [r for r in self.buffer.requests() if r.predicted_remaining_tokens is not None] + [
             r for r in contenders if r.predicted_remaining_tokens is not None

@@ -189,3 +189,22 @@ def test_sim_path_auto_runs_the_fast_path_with_the_general_paths_records(tiny, c
     with caplog.at_level(logging.INFO, logger="elis.serving.runtime"):
         run(cfg)
     assert "simulation path: general (fast path not used: worker.kv_capacity_tokens" in caplog.text
+
+
+def test_compare_skips_a_variant_the_predictor_cannot_serve_and_reports_it(tiny, compose_cfg):
+    # prompt_length gives no predictive distribution: gittins cannot run, the rest of the
+    # comparison (e.g. make run with the learned MLP) must still run and say what was skipped
+    variants = ("compare.variants=[{name: fcfs_windowed, policy: fcfs, mode: windowed, preemption: false},"
+                "{name: isrtf_windowed, policy: isrtf, mode: windowed},"
+                "{name: gittins_windowed, policy: gittins, mode: windowed}]")
+    cfg = compose_cfg("run_experiment", BASE + ["preset=compare", variants, "predictor=prompt_length", "num_requests=8"])
+    out = run(cfg)
+    d = Path(out["output_dir"])
+    assert {k for k in out if k != "output_dir"} == {"fcfs_windowed", "isrtf_windowed"}
+    skipped = json.loads((d / "skipped_variants.json").read_text())
+    assert list(skipped) == ["gittins_windowed"] and "predict_quantiles" in skipped["gittins_windowed"]
+    assert "Skipped gittins_windowed: policy 'gittins' needs a predictive distribution" in (d / "comparison.md").read_text()
+    # a single gittins run with that predictor still fails, naming the predictor
+    single = compose_cfg("run_experiment", BASE + ["sched=gittins", "predictor=prompt_length", "num_requests=8"])
+    with pytest.raises(ValueError, match="prompt_length"):
+        run(single)

@@ -21,8 +21,8 @@ def _finish(res) -> dict[str, float]:
 
 def test_las_alternates_by_attained_service_hand_trace():
     # A (3 tokens) and B (2 tokens) arrive at 0; W = 1, batch 1, 1 s per decode step; an EOS
-    # answer spends one more step choosing EOS (docs/notes/sched.md), so A needs 4 steps, B 3.
-    # Equal keys keep the incumbent (docs/notes/sched.md). t0: both 0, tie in the buffer -> A
+    # answer spends one more step choosing EOS (README, "Scheduling and simulation"), so A needs 4 steps, B 3.
+    # Equal keys keep the incumbent (README, "Scheduling and simulation"). t0: both 0, tie in the buffer -> A
     # (seq 0). t1: A=1 > B=0 -> B. t2: 1 vs 1, B keeps. t3: B=2 > A=1 -> A. t4: 2 vs 2, A keeps.
     # t5: A=3 > B=2 -> B's EOS step, done at 6. A's EOS step [6, 7].
     res, _ = simulate(make_table([3, 2], ids=["A", "B"]), make_schedulers("las", window_tokens=1))
@@ -192,3 +192,35 @@ def test_kendall_tau_loop_and_numpy_paths_agree_exactly():
     for n in (2, 5, 40):
         x, y = rng.integers(0, 6, n).astype(float), rng.integers(0, 6, n).astype(float)  # with ties
         assert _tau_b_loop(list(x), list(y)) == _tau_b_numpy(x, y)
+
+
+def test_kendall_tau_b_long_queue_uses_n_log_n_form_with_the_same_value():
+    # above LARGE_N the scipy form replaces the O(n²) pair matrix: same τ-b (ties included)
+    from elis.serving import ranking
+
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 50, ranking.LARGE_N + 300).astype(float)  # many ties in both
+    y = x + rng.integers(-20, 20, x.size)
+    fast = ranking.kendall_tau_b(x, y)
+    assert fast == pytest.approx(ranking._tau_b_numpy(x, y), abs=1e-12)
+    assert ranking.kendall_tau_b(np.ones(ranking.LARGE_N + 1), y[: ranking.LARGE_N + 1]) is None
+
+
+def test_ranking_tracker_skips_decisions_beyond_the_cost_bound():
+    """A decision with more than MAX_COMPETING requests is counted as skipped, never observed;
+    up to the bound it is observed (hand-computed τ = 1 for identical orders)."""
+    from elis.serving.ranking import MAX_COMPETING, RankingTracker, ranking_counters
+
+    t = RankingTracker()
+    assert not t.admits(1)  # fewer than two: nothing to rank, not a skip
+    assert t.admits(MAX_COMPETING)
+    t.observe([3.0, 1.0, 2.0], [30.0, 10.0, 20.0])
+    assert not t.admits(MAX_COMPETING + 1)
+    assert (t.num_decisions, t.num_skipped, t.mean) == (1, 1, 1.0)
+
+    class _S:
+        ranking = t
+
+    assert ranking_counters([_S()]) == {
+        "kendall_tau_cowaiting_mean": 1.0, "num_ranking_decisions": 1, "num_ranking_decisions_skipped": 1,
+    }

@@ -1,7 +1,7 @@
 """The simulator against M/G/1 closed forms (issue 12 item 6): physics no speed-up may change.
 
 Setting: one worker, batch 1, no prefill cost, every decode step ``c`` seconds; an answer of
-L tokens that ends by EOS takes L + 1 steps (the EOS step, docs/notes/sched.md), so a
+L tokens that ends by EOS takes L + 1 steps (the EOS step; README, "Scheduling and simulation"), so a
 request's service time is ``S = (tokens + 1) · c``; Poisson arrivals at rate λ; tokens uniform
 on {1..10}, so S uniform on {2..11}·c (E[S] = 6.5c, E[S²] = 50.5c²), ρ = λ·E[S] = 0.7. Every
 key (true length, true remaining) is S/c minus a constant, so the orders are those of S.
@@ -19,7 +19,7 @@ Mean response time T = E[JCT]:
   during its service only arrivals strictly smaller than its remaining time preempt (equal
   keys keep the incumbent). The
   simulator preempts at token boundaries, not at arrival instants: a bias of order c per
-  preemption, below the interval at these sizes (measured in docs/notes/NOTE.md).
+  preemption, below the interval at these sizes (measured in the README, "Queueing-theory validation").
 
 Tolerance: the run's own 95% interval from batch means (requests in arrival order, the first
 5% discarded as warm-up from an empty system, 20 batches, Student t with 19 d.o.f.). The

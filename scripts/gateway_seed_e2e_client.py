@@ -1,4 +1,4 @@
-"""Client of docs/notes/gwfix_e2e.sh: a seeded T=0.8 request twice through the front, once on the backend."""
+"""Client of scripts/gateway_seed_e2e.sh: a seeded T=0.8 request twice through the front, once on the backend."""
 import httpx, json, time
 def ask(url, seed, n=24):
     body = {"prompt": "The sea at night is", "max_tokens": n, "stream": True, "return_token_ids": True,

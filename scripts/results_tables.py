@@ -1,8 +1,8 @@
-"""Tables of docs/notes/results.md: paired per-seed changes with 95% intervals (h-results).
+"""Tables of docs/results.md: paired per-seed changes with 95% intervals (re-measurement of 2026-11-30).
 
-    python docs/notes/results_tables.py b outputs/paper/b_gamma_noisy_oracle rate_rps
-    python docs/notes/results_tables.py b outputs/paper/b_trace_noisy_oracle time_scale
-    python docs/notes/results_tables.py d outputs/paper/d_noisy_oracle
+    python scripts/results_tables.py b outputs/paper/b_gamma_noisy_oracle rate_rps
+    python scripts/results_tables.py b outputs/paper/b_trace_noisy_oracle time_scale
+    python scripts/results_tables.py d outputs/paper/d_noisy_oracle
 
 Reads the multi-seed run folders (``.../seeds/<s>/variants/<name>/metrics.json``) written by
 ``run_experiment.py ... +compare.seeds=[...]``. Every change is computed PER SEED against

@@ -1,5 +1,5 @@
 """Gateway's own cost with a backend that returns at once (no model): dispatch rate and
-per-window overhead. ``PYTHONPATH=. python docs/notes/gateway_bench.py`` (prints figures).
+per-window overhead. ``PYTHONPATH=. python scripts/gateway_bench.py`` (prints figures).
 
 The worker returns every window's tokens immediately (token 5 repeated), so all measured time is
 the gateway: HTTP + JSON, the serving loop (scheduler decision, thread hop, update, listener,
@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "serving"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "serving"))
 
 
 class InstantWorker:

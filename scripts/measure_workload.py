@@ -1,4 +1,4 @@
-"""Measurements for docs/notes/NOTE.md (issue 11 items 5, 6, 8)."""
+"""Workload measurements quoted in the README (Results, data and workload fixes; issue 11 items 5, 6, 8)."""
 import numpy as np, pandas as pd
 from elis.experiments.workload import gamma_arrivals, fit_gamma, spread_ties, read_trace
 from elis.rng import make_rng
