@@ -157,7 +157,6 @@ def fit_gbdt(
         min_answers=int(min_answers), cap_tokens=int(cap_tokens), window_tokens=int(window_tokens),
         encoder=dict(encoder or {}),
     )
-    emb_of = dict(zip(prompts, emb))
     pca_train = (emb - model.pca_mean) @ model.pca_components.T
     pca_of = dict(zip(prompts, pca_train))
 

@@ -483,7 +483,6 @@ class Scheduler:
         self, contenders: list[Request], continuing: list[Request], now_s: float, out: SchedulerOutput
     ) -> tuple[list[Request], list[Request]]:
         """Fill free slots from at-boundary contenders (with margin) and the buffer."""
-        policy = self.policy
         ranked = sorted(contenders, key=lambda r: self._contender_rank(r, now_s))
         free = self.max_batch_size - len(continuing)
         reserved = sum(r.num_context_tokens + self._max_new(r) for r in continuing)

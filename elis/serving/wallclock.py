@@ -475,12 +475,6 @@ class WallClockRunner:
         }
 
 
-# ---------------------------------------------------------------------- composition
-# The builders moved to ``elis.serving.runtime`` (one runtime for every driver); these names stay
-# importable from here for existing callers.
-from elis.serving.runtime import _HANDLES, build_handles, build_worker  # noqa: E402,F401
-
-
 def sampling_streams_of(out_dir: Path, table, replay: bool) -> dict[str, str]:
     """``request_id → '<generator>/<prompt_id>'`` from the run's ``workload.parquet``, so the
     HF worker's seeded sampling replays the answers ``elis.data.generate`` wrote (the oracle

@@ -35,7 +35,9 @@ def test_killed_actor_requests_finish_on_the_other_actor(compose_cfg, tmp_path):
     try:
         m = wallclock.run_variant(cfg, sched, table, None, instantiate(cfg.cost_model), tmp_path / "v")
     finally:
-        wallclock._HANDLES.clear()
+        from elis.serving.runtime import _HANDLES
+
+        _HANDLES.clear()
         ray.shutdown()
     assert m["num_finished"] == 6 and m["num_failed"] == 0
     assert m["num_worker_faults"] == 1 and m["faults"][0]["worker_id"] == 1
